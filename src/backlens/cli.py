@@ -1,0 +1,48 @@
+"""The `backlens` command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .errors import BacklensError
+
+app = typer.Typer(help="See what backpropagation does inside a PyTorch network.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+
+
+@app.callback()
+def main_callback() -> None:
+    """backlens: trace, check and abstract backpropagation in PyTorch models."""
+
+
+def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call fn; print a BacklensError as one clear line and exit 2 instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except BacklensError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed for data, model and experiments.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Directory for results.json and the PNG plot.")] = None,
+) -> None:
+    """Reproduce the seed notebook section by section (a-f)."""
+    from .demo import run_demo
+
+    run_or_exit(run_demo, seed=seed, out=out, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

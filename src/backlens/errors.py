@@ -1,0 +1,107 @@
+"""The one exception base, and the validators every public function calls first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BacklensError",
+    "BacklensWarning",
+    "fail",
+    "check_tensor",
+    "check_module",
+    "check_finite",
+    "check_choice",
+    "check_positive_int",
+]
+
+
+class BacklensError(ValueError):
+    """Bad input or misuse: the message names the argument, what was expected, what came, the fix."""
+
+
+class BacklensWarning(UserWarning):
+    """A result is usable but the user should know something about it."""
+
+
+def fail(argument: str, expected: str, got: Any, fix: str) -> BacklensError:
+    """Build a BacklensError with the four parts every message has."""
+    return BacklensError(f"{argument}: expected {expected}, got {got}. Fix: {fix}")
+
+
+def describe(value: Any) -> str:
+    """A short description of a value for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(
+    argument: str,
+    value: Any,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    floating: bool = False,
+    shape: Sequence[int | None] | None = None,
+) -> torch.Tensor:
+    """Return `value` if it is a tensor of the wanted rank/shape/dtype, else raise."""
+    if not isinstance(value, torch.Tensor):
+        raise fail(argument, "a torch.Tensor", describe(value), "pass torch.as_tensor(value)")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.ndim not in allowed:
+            want = " or ".join(f"{k}-D" for k in allowed)
+            raise fail(argument, f"a {want} tensor", describe(value), "reshape it")
+    if shape is not None:
+        if value.ndim != len(shape) or any(
+            s is not None and s != v for s, v in zip(shape, value.shape, strict=False)
+        ):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise fail(argument, f"shape {want}", describe(value), "pass data of that shape")
+    if floating and value.dtype not in FLOAT_DTYPES:
+        raise fail(
+            argument, "a floating-point tensor", describe(value), "convert it with .float() or .double()"
+        )
+    return value
+
+
+def check_finite(argument: str, value: torch.Tensor) -> torch.Tensor:
+    """Raise if `value` holds NaN or Inf, naming the first bad row."""
+    if value.is_floating_point():
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            row = int(bad.reshape(bad.shape[0], -1).any(dim=1).nonzero()[0, 0]) if value.ndim else 0
+            kind = "NaN" if bool(torch.isnan(value).any()) else "Inf"
+            raise fail(argument, "finite values", f"{kind} (first in row {row})", "clean or drop those rows")
+    return value
+
+
+def check_module(argument: str, value: Any) -> nn.Module:
+    """Return `value` if it is an nn.Module, else raise."""
+    if not isinstance(value, nn.Module):
+        raise fail(argument, "a torch.nn.Module", describe(value), "pass the model itself")
+    return value
+
+
+def check_choice(argument: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Return `value` if it is one of `choices`, else raise listing them."""
+    if value not in choices:
+        raise fail(argument, "one of " + ", ".join(repr(c) for c in choices), repr(value), "pick one of those")
+    return value
+
+
+def check_positive_int(argument: str, value: Any) -> int:
+    """Return `value` if it is a positive int, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail(argument, "a positive integer", repr(value), "pass an int >= 1")
+    return value
