@@ -11,10 +11,12 @@ setup: $(STAMP)
 
 # torch is installed first and pinned, so pip never pulls a multi-GB CUDA build
 # where the CPU wheel of 2.13.0 is on local disk; override with `make TORCH=...`.
+# The pin is repeated with the extras: backpack pulls torchvision, whose newest
+# release would otherwise upgrade torch.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,164 +1,118 @@
-"""Record what flows through selected modules: inputs, output, grad_input, grad_output per call."""
+"""The `trace` context: hooks that record each call of selected modules, forward and backward."""
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import functools
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .errors import BacklensError, check_choice, check_module, fail
+from .errors import check_choice, check_module, fail
+from .graph import find_boundary, input_edges, sequence_mark
+from .nested import map_tensors, replace_tensors, tensors_in
+from .record import Call, ModuleRecord, Trace
+from .select import Selector, select_modules
 
 __all__ = ["trace", "Trace", "ModuleRecord", "Call"]
 
-Selector = str | type[nn.Module]
+STORES = ("cpu", "device", None)
+# The running backward's id (-1 outside one); without it, one flush per batch of touched calls.
+_graph_task_id: Callable[[], int] = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
-@dataclass
-class Call:
-    """One call of one module: what went in and out, forward and backward."""
+class _Store:
+    """Forward values are copied when recorded (a later in-place op would change them); gradients
+    are kept as autograd gave them (it never writes into a gradient someone else holds), moved to
+    the CPU for store="cpu". Copies of the last few tensors are reused: one module's output is
+    usually the next one's input."""
 
-    module: str
-    index: int
-    inputs: tuple[torch.Tensor | None, ...]
-    output: Any
-    grad_inputs: tuple[torch.Tensor | None, ...] | None = None
-    grad_outputs: tuple[torch.Tensor | None, ...] | None = None
+    RECENT = 8
 
-    @property
-    def input(self) -> torch.Tensor | None:
-        return _first(self.inputs)
+    def __init__(self, mode: str | None) -> None:
+        self.mode = mode
+        self._recent: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
 
-    @property
-    def grad_input(self) -> torch.Tensor | None:
-        return None if self.grad_inputs is None else _first(self.grad_inputs)
+    def _copy(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t.to("cpu", copy=True) if self.mode == "cpu" else t.clone()
 
-    @property
-    def grad_output(self) -> torch.Tensor | None:
-        return None if self.grad_outputs is None else _first(self.grad_outputs)
+    def value(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_inference() or t.is_sparse or t.layout != torch.strided:
+            return self._copy(t)
+        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)
+        hit = self._recent.get(key)
+        if hit is not None:
+            self._recent.move_to_end(key)
+            return hit[1]
+        copy = self._copy(t)
+        self._recent[key] = (t.detach(), copy)  # keeps t's address from reuse, not its graph
+        if len(self._recent) > self.RECENT:
+            self._recent.popitem(last=False)
+        return copy
 
+    def grad(self, g: torch.Tensor) -> torch.Tensor:
+        return g.detach().to("cpu") if self.mode == "cpu" else g.detach()
 
-def _first(values: Any) -> Any:
-    if isinstance(values, torch.Tensor) or values is None:
-        return values
-    return values[0] if len(values) else None
-
-
-@dataclass
-class ModuleRecord:
-    """Every call of one selected module, in order; single-call shortcuts for the common case."""
-
-    name: str
-    module_type: str
-    calls: list[Call] = field(default_factory=list)
-
-    def _only_call(self, what: str) -> Call:
-        if len(self.calls) != 1:
-            raise BacklensError(
-                f"{self.name!r}.{what}: expected a module called once, got {len(self.calls)} calls. "
-                f"Fix: read rec[{self.name!r}].calls[i].{what} for the call you want."
-            )
-        return self.calls[0]
-
-    @property
-    def input(self) -> torch.Tensor | None:
-        return self._only_call("input").input
-
-    @property
-    def output(self) -> Any:
-        return _first(self._only_call("output").output) if isinstance(
-            self._only_call("output").output, tuple
-        ) else self._only_call("output").output
-
-    @property
-    def grad_input(self) -> torch.Tensor | None:
-        return self._only_call("grad_input").grad_input
-
-    @property
-    def grad_output(self) -> torch.Tensor | None:
-        return self._only_call("grad_output").grad_output
+    def clear(self) -> None:
+        self._recent.clear()
 
 
-class Trace:
-    """The records of one `trace` context, indexed by module name."""
+class _Pending:
+    """A call whose gradients may still come: what its hooks have received so far."""
 
-    def __init__(self, names: list[str], types: dict[str, str]) -> None:
-        self._records = {name: ModuleRecord(name, types[name]) for name in names}
-        self._order: list[str] = []
+    __slots__ = (
+        "same_as",
+        "call",
+        "order",
+        "grad_in",
+        "grad_out",
+        "handles",
+        "active",
+        "done",
+        "ref",
+        "__weakref__",
+    )
 
-    @property
-    def names(self) -> list[str]:
-        """Selected module names that ran, in execution order (then those that never ran)."""
-        return self._order + [n for n in self._records if n not in self._order]
-
-    def __getitem__(self, name: str) -> ModuleRecord:
-        if name not in self._records:
-            raise fail("name", "a traced module name (" + ", ".join(self._records) + ")", repr(name),
-                       "use one of rec.names")
-        return self._records[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._records
-
-    def __iter__(self) -> Iterator[ModuleRecord]:
-        return (self._records[n] for n in self.names)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-
-_DETACHERS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
-    "cpu": lambda t: t.detach().to("cpu", copy=True),
-    "device": lambda t: t.detach().clone(),
-}
-
-
-def _detach(value: Any, store: str | None) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return _DETACHERS[store](value)
-    if isinstance(value, (tuple, list)):
-        return tuple(_detach(v, store) for v in value)
-    return value
-
-
-def _select(model: nn.Module, select: Sequence[Selector] | None) -> list[str]:
-    named = dict(model.named_modules())
-    if select is None:
-        return [n for n, m in named.items() if n and not any(True for _ in m.children())] or [""]
-    if isinstance(select, (str, type)):
-        select = [select]
-    chosen: list[str] = []
-    for selector in select:
-        if isinstance(selector, type) and issubclass(selector, nn.Module):
-            hits = [n for n, m in named.items() if isinstance(m, selector)]
-        elif isinstance(selector, str):
-            hits = [n for n in named if n == selector or (n and fnmatch.fnmatchcase(n, selector))]
-        else:
-            raise fail("select", "module names, glob patterns or nn.Module types", repr(selector),
-                       "pass e.g. ['0', 'blocks.*.mlp', nn.Linear]")
-        if not hits:
-            import difflib
-
-            close = difflib.get_close_matches(str(selector), [n for n in named if n], n=5, cutoff=0.3)
-            raise fail("select", "a selector matching a module", repr(selector),
-                       "use one of " + ", ".join(close or [n for n in named if n][:10]))
-        chosen.extend(h for h in hits if h not in chosen)
-    order = list(named)
-    return sorted(chosen, key=order.index)
+    def __init__(self, call: Call, order: int, n_in: int, n_out: int) -> None:
+        self.call: Call | None = call
+        self.order = order
+        self.grad_in: list[list[torch.Tensor]] = [[] for _ in range(n_in)]
+        self.grad_out: list[torch.Tensor | None] = [None] * n_out
+        self.handles: list[RemovableHandle] = []
+        self.active = False
+        self.done = False
+        self.ref: weakref.ref[_Pending] | None = None
+        self.same_as: dict[int, int] = {}
 
 
 class trace:  # noqa: N801 - used as a context manager, named like a function
-    """Hook the selected modules of `model` for the body of a `with` block.
+    """Record what flows through the selected modules of `model` in the body of a `with` block.
 
-    store: "cpu" keeps detached copies on the CPU, "device" detached copies where they were,
-    None keeps nothing (only `on_record` sees each call). Hooks are removed on exit, also
-    when the body raises, and an enabled flag silences any that autograd still holds.
+        with backlens.trace(model) as rec:
+            loss_fn(model(x), y).backward()
+        rec["0"].input, rec["0"].output, rec["0"].grad_input, rec["0"].grad_output
+
+    select: None (every leaf module), or module names, glob patterns ("blocks.*.mlp") and
+      nn.Module types (nn.Linear).
+    store: "cpu" keeps detached copies on the CPU, "device" where they were, None keeps nothing
+      (each call goes to `on_record`, then is dropped: memory stays flat in a training loop).
+    on_record: called with each Call once it is complete: after the backward that reached it,
+      at once if no backward can (no output needs grad), or, if none came, when its graph is
+      freed or the context exits.
+
+    Gradients are recorded by tensor hooks registered from the forward hook, and by hooks on the
+    autograd nodes where gradients leave the module, not by full backward hooks: in-place
+    activations work, and the model's outputs and .grads are bit-identical to an untraced run.
+    Hooks are removed on exit, also when the body raises; an enabled flag silences those that
+    autograd still holds (pytorch#25723). Nothing is written onto the model. Traces can nest.
+    A call records the first backward that reaches it; backward must run inside the context.
     """
 
     def __init__(
@@ -166,83 +120,199 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         model: nn.Module,
         select: Sequence[Selector] | Selector | None = None,
         store: str | None = "cpu",
-        on_record: Callable[[Call], None] | None = None,
+        on_record: Callable[[Call], Any] | None = None,
     ) -> None:
         self.model = check_module("model", model)
-        check_choice("store", store, ["cpu", "device", None])
-        self.store = store
+        self.store = check_choice("store", store, STORES)
+        if on_record is not None and not callable(on_record):
+            raise fail(
+                "on_record",
+                "a callable taking a Call, or None",
+                repr(on_record),
+                "pass a function, e.g. lambda call: stats.append(call.output.norm())",
+            )
         self.on_record = on_record
-        self.selected = _select(model, select)  # type: ignore[arg-type]
-        modules = dict(model.named_modules())
-        self.record = Trace(self.selected, {n: type(modules[n]).__name__ for n in self.selected})
-        self._handles: list[RemovableHandle] = []
-        self._pending: dict[str, list[Call]] = {n: [] for n in self.selected}
+        self.selected = select_modules(model, select)
+        self.record: Trace | None = None
         self._enabled = False
+        self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> Trace:
+        if self._enabled:
+            raise fail(
+                "trace",
+                "a context entered once at a time",
+                "a nested `with` of the same trace",
+                "create a second backlens.trace(...) to nest",
+            )
         modules = dict(self.model.named_modules())
+        self.record = Trace(
+            [
+                ModuleRecord(
+                    n,
+                    type(modules[n]).__name__,
+                    is_linear=isinstance(modules[n], nn.Linear),
+                    params={
+                        k: p.requires_grad for k, p in modules[n].named_parameters(recurse=False)
+                    },
+                )
+                for n in self.selected
+            ]
+        )
+        self._store = _Store(self.store)
+        self._counts = dict.fromkeys(self.selected, 0)
+        self._stacks: dict[str, list[tuple[int, Any, Any, int]]] = {n: [] for n in self.selected}
+        self._seen: set[str] = set()
+        self._waiting: dict[weakref.ref[_Pending], Call] = {}  # calls whose backward may come
+        self._active: list[_Pending] = []
+        self._queued_task: int | None = None
+        self._order = 0
         self._enabled = True
         try:
             for name in self.selected:
                 module = modules[name]
-                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
-                self._handles.append(module.register_full_backward_hook(self._backward_hook(name)))
+                self._handles.append(
+                    module.register_forward_pre_hook(functools.partial(self._before, name))
+                )
+                self._handles.append(
+                    module.register_forward_hook(functools.partial(self._after, name))
+                )
         except BaseException:
-            self._remove()
+            self._close()
             raise
         return self.record
 
     def __exit__(self, *exc: object) -> None:
-        self._remove()
+        self._close()
 
-    def _remove(self) -> None:
+    def _close(self) -> None:
         self._enabled = False
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for ref in list(self._waiting):
+            pending = ref()
+            if pending is not None and not pending.done:
+                self._finish(pending, backward=False)
+        self._waiting.clear()
+        self._active.clear()
+        self._store.clear()
+        for stack in self._stacks.values():
+            stack.clear()
 
-    def _keep(self, value: Any) -> Any:
-        return _detach(value, self.store) if self.store is not None else None
+    # forward: copy inputs before the module runs (it may change them in place), outputs after
 
-    def _forward_hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            if not self._enabled:
-                return
-            record = self.record[name]
-            if name not in self.record._order:
-                self.record._order.append(name)
-            call = Call(name, len(record.calls), self._keep(inputs), self._keep(output))
-            if self.store is not None:
-                record.calls.append(call)
-            if torch.is_grad_enabled() and _needs_grad(output):
-                self._pending[name].append(call)
-            elif self.on_record is not None:
-                self.on_record(call)
+    def _before(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._enabled:
+            return
+        if name not in self._seen:
+            self._seen.add(name)
+            self.record._order.append(name)  # type: ignore[union-attr]
+        index = self._counts[name]
+        self._counts[name] += 1
+        edges = input_edges(tensors_in(args)) if torch.is_grad_enabled() else []
+        mark = sequence_mark() if edges else 0
+        self._stacks[name].append((index, map_tensors(args, self._store.value), edges, mark))
 
-        return hook
+    def _after(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._enabled or not self._stacks[name]:
+            return
+        index, inputs, edges, mark = self._stacks[name].pop()
+        call = Call(name, index, inputs, map_tensors(output, self._store.value))
+        if self.store is not None:
+            self.record[name].calls.append(call)  # type: ignore[index]
+        outs = tensors_in(output)
+        live = (
+            [(k, t) for k, t in enumerate(outs) if t.requires_grad]
+            if torch.is_grad_enabled()
+            else []
+        )
+        if not live:
+            self._emit(call)
+            return
+        self._order += 1
+        pending = _Pending(call, self._order, len(tensors_in(inputs)), len(outs))
+        boundary = find_boundary(live, edges, mark)
+        pending.same_as = boundary.same_as
+        for k, t in live:
+            through = [i for kk, i in boundary.passthrough if kk == k]
+            pending.handles.append(
+                t.register_hook(functools.partial(self._on_output_grad, pending, k, through))
+            )
+        for node, pairs in boundary.nodes:
+            pending.handles.append(
+                node.register_hook(functools.partial(self._on_input_grads, pending, pairs))
+            )
+        pending.ref = weakref.ref(pending, self._abandoned)
+        self._waiting[pending.ref] = call
 
-    def _backward_hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, grad_input: tuple[Any, ...], grad_output: tuple[Any, ...]) -> None:
-            if not self._enabled or not self._pending[name]:
-                return
-            # Backward visits the calls of one module in reverse order of their forward.
-            call = self._pending[name].pop()
-            call.grad_inputs = self._keep(grad_input) if self.store else _detach(grad_input, "device")
-            call.grad_outputs = self._keep(grad_output) if self.store else _detach(grad_output, "device")
-            if self.on_record is not None:
-                self.on_record(call)
+    # backward: gradients arrive at the outputs' tensor hooks and the boundary nodes' hooks
 
-        return hook
+    def _on_output_grad(
+        self, pending: _Pending, k: int, through: list[int], grad: torch.Tensor
+    ) -> None:
+        if not self._enabled or pending.done:
+            return
+        self._touch(pending)
+        kept = self._store.grad(grad)
+        pending.grad_out[k] = kept
+        for i in through:
+            pending.grad_in[i].append(kept)
 
+    def _on_input_grads(
+        self,
+        pending: _Pending,
+        pairs: list[tuple[int, int]],
+        grad_inputs: tuple[torch.Tensor | None, ...],
+        grad_outputs: Any,
+    ) -> None:
+        if not self._enabled or pending.done:
+            return
+        self._touch(pending)
+        for j, i in pairs:
+            if grad_inputs[j] is not None:
+                pending.grad_in[i].append(self._store.grad(grad_inputs[j]))  # type: ignore[arg-type]
 
-def _needs_grad(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.requires_grad
-    if isinstance(value, (tuple, list)):
-        return any(_needs_grad(v) for v in value)
-    return False
+    def _touch(self, pending: _Pending) -> None:
+        """Mark a call as reached by this backward; its record completes when the backward ends."""
+        if pending.active:
+            return
+        pending.active = True
+        task = _graph_task_id()
+        if not self._active or task != self._queued_task:
+            self._queued_task = task
+            torch.autograd.Variable._execution_engine.queue_callback(self._flush)
+        self._active.append(pending)
 
+    def _flush(self) -> None:
+        active, self._active = self._active, []
+        self._queued_task = None
+        for pending in sorted(active, key=lambda p: p.order):
+            if not pending.done:
+                self._finish(pending, backward=True)
 
-def module_names(model: nn.Module) -> Iterable[str]:
-    """Names of every submodule, as `model.named_modules()` gives them."""
-    return (n for n, _ in model.named_modules() if n)
+    def _finish(self, pending: _Pending, backward: bool) -> None:
+        call = pending.call
+        assert call is not None
+        self._waiting.pop(pending.ref, None)  # type: ignore[arg-type]
+        pending.done = True
+        for handle in pending.handles:
+            handle.remove()
+        if backward:
+            summed = [None if not gs else functools.reduce(torch.add, gs) for gs in pending.grad_in]
+            for i, first in pending.same_as.items():
+                summed[i] = summed[first]
+            call.grad_inputs = replace_tensors(call.inputs, iter(summed))
+            call.grad_outputs = replace_tensors(call.outputs, iter(pending.grad_out))
+        pending.call, pending.grad_in, pending.grad_out, pending.handles = None, [], [], []
+        self._emit(call)
+
+    def _abandoned(self, ref: weakref.ref[_Pending]) -> None:
+        """The graph of a call (and so its hooks) was freed before any backward reached it."""
+        call = self._waiting.pop(ref, None)
+        if call is not None and self._enabled:
+            self._emit(call)
+
+    def _emit(self, call: Call) -> None:
+        if self.on_record is not None:
+            self.on_record(call)
