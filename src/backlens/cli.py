@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,8 @@ from .errors import BacklensError
 
 app = typer.Typer(help="See what backpropagation does inside a PyTorch network.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-console = Console()
+# Wide enough for the result tables when output goes to a file or pipe.
+console = Console(width=None if sys.stdout.isatty() else 130)
 
 
 @app.callback()
@@ -38,6 +40,12 @@ def demo(
     from .demo import run_demo
 
     run_or_exit(run_demo, seed=seed, out=out, console=console)
+
+
+# Commands kept in their own modules register themselves on `app` when imported.
+from . import cli_abstract  # noqa: E402,F401
+from . import cli_check  # noqa: E402,F401
+from . import cli_trace  # noqa: E402,F401
 
 
 def main() -> None:
