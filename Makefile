@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/backlens demo --out results/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)

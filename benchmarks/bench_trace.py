@@ -108,9 +108,7 @@ def _hooks_keeping_references(s: Setup) -> Callable[[], None]:
         handles = []
         for module in leaves:
             handles.append(module.register_forward_hook(lambda m, i, o: kept.append((i, o))))
-            handles.append(
-                module.register_full_backward_hook(lambda m, gi, go: kept.append((gi, go)))
-            )
+            handles.append(module.register_full_backward_hook(lambda m, gi, go: kept.append((gi, go))))
         try:
             _plain(s)()
         finally:
@@ -294,9 +292,7 @@ def _peak(v: Variant, s: Setup) -> None:
     _settle()
 
 
-def _round_robin(
-    group: list[Variant], s: Setup, plain: Callable[[], None], warmup: int, steps: int
-) -> None:
+def _round_robin(group: list[Variant], s: Setup, plain: Callable[[], None], warmup: int, steps: int) -> None:
     """Steps of every variant in turn, each next to a plain step: both see the same load."""
     made = [(v, v.make(s)) for v in group]
     for _ in range(warmup):
@@ -355,9 +351,7 @@ def _report(rows: list[Variant], fill_gbs: float, copy_gbs: float, fast: int, sl
 
     n_floats = BATCH * sum(o * i + o for i, o in zip(WIDTHS[:-1], WIDTHS[1:], strict=True))
     floor_ms = n_floats * 4 / (fill_gbs * 1e9) * 1e3
-    table = Table(
-        title=f"one training step: median of {fast} steps ({slow} for the slow rows) after warm-up"
-    )
+    table = Table(title=f"one training step: median of {fast} steps ({slow} for the slow rows) after warm-up")
     for column in (
         "variant",
         "median ms",

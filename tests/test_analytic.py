@@ -56,9 +56,7 @@ def test_expected_mask_is_the_notebooks_m3() -> None:
     # it carries gradients: grad_in ≈ grad_out·M, exact on average over the masks
     G = torch.randn(128, 5, dtype=torch.float64)
     exact = ((G @ W2) * R) @ W1
-    torch.testing.assert_close(
-        lm.apply(G).mean(0), exact.mean(0), rtol=0.5, atol=10.0
-    )  # shape/scale sanity
+    torch.testing.assert_close(lm.apply(G).mean(0), exact.mean(0), rtol=0.5, atol=10.0)  # shape/scale sanity
     assert lm.matrix.shape == (5, 5) and lm.direction == "backward"
 
 
@@ -86,9 +84,7 @@ def test_deeper_chains_differ_and_say_so() -> None:
 
 def test_mean_jacobian_of_other_modules_uses_torch_func_in_float64() -> None:
     torch.manual_seed(0)
-    block = nn.Sequential(
-        nn.Linear(5, 6), nn.LayerNorm(6), nn.Softplus(), nn.Linear(6, 3)
-    )  # float32
+    block = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Softplus(), nn.Linear(6, 3))  # float32
     X = torch.randn(40, 5)
     lm = mean_jacobian(block, X)
     assert lm.info["path"] == "torch.func" and lm.matrix.dtype == torch.float64
@@ -140,9 +136,7 @@ def test_weights_only_is_the_folded_chain() -> None:
     for layer in net:
         if isinstance(layer, nn.Linear):
             folded = layer(folded)
-    torch.testing.assert_close(
-        weights_only(net, "forward").apply(X), folded, rtol=1e-12, atol=1e-12
-    )
+    torch.testing.assert_close(weights_only(net, "forward").apply(X), folded, rtol=1e-12, atol=1e-12)
     assert weights_only(net).info["activations_removed"] == 2
     nobias = chain([4, 6, 3], nn.ReLU, bias=False)
     assert torch.equal(weights_only(nobias, "forward").bias, torch.zeros(3, dtype=torch.float64))
@@ -182,15 +176,11 @@ def test_bad_input() -> None:
     X = torch.randn(10, 3, dtype=torch.float64)
     cases = [
         (
-            lambda: expected_mask(
-                nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 2)), X
-            ),
+            lambda: expected_mask(nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 2)), X),
             r"layers\[1\].*use mean_jacobian",
         ),
         (
-            lambda: expected_mask(
-                nn.Sequential(nn.Linear(3, 4), nn.Dropout().train(), nn.Linear(4, 2)), X
-            ),
+            lambda: expected_mask(nn.Sequential(nn.Linear(3, 4), nn.Dropout().train(), nn.Linear(4, 2)), X),
             "eval mode",
         ),
         (

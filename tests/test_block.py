@@ -17,7 +17,7 @@ def test_names_and_widths(model: nn.Sequential) -> None:
     assert block.names == ["0", "1", "2"] and block.label == "0:2"
     assert block.in_features == 4 and block.out_features == 8
     assert block.is_linear_chain()
-    assert all(a is b for a, b in zip(block.layers(), [model[0], model[1], model[2]]))
+    assert all(a is b for a, b in zip(block.layers(), [model[0], model[1], model[2]], strict=False))
 
 
 def test_all_windows(model: nn.Sequential) -> None:
@@ -37,11 +37,14 @@ def test_non_chain_block_is_detected() -> None:
     assert not Block(model, "0", "2").is_linear_chain()
 
 
-@pytest.mark.parametrize(("start", "end", "match"), [
-    ("0", "9", "in execution order: 0, 1, 2, 3, 4"),
-    ("x", "2", "start: expected a module"),
-    ("2", "0", "start before end"),
-])
+@pytest.mark.parametrize(
+    ("start", "end", "match"),
+    [
+        ("0", "9", "in execution order: 0, 1, 2, 3, 4"),
+        ("x", "2", "start: expected a module"),
+        ("2", "0", "start before end"),
+    ],
+)
 def test_bad_blocks_list_module_names(model: nn.Sequential, start: str, end: str, match: str) -> None:
     with pytest.raises(backlens.BacklensError, match=match):
         Block(model, start, end)

@@ -29,9 +29,7 @@ CASES = [
 ]
 
 
-def data_for(
-    loss: str, n: int, d: int, k: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+def data_for(loss: str, n: int, d: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(n, d, dtype=dtype)
     if loss == "ce":
         return x, torch.randint(0, k, (n,))

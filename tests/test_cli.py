@@ -13,7 +13,14 @@ runner = CliRunner()
 def test_demo_writes_results_and_plot(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--seed", "1", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for section in ("a. Data", "b. The 3-2-2-1", "c. Hand-derived", "d. Abstraction", "e. Forward toy", "f. Residual"):
+    for section in (
+        "a. Data",
+        "b. The 3-2-2-1",
+        "c. Hand-derived",
+        "d. Abstraction",
+        "e. Forward toy",
+        "f. Residual",
+    ):
         assert section in result.output
     assert "all hand quantities match" in result.output
     data = json.loads((tmp_path / "results.json").read_text())

@@ -34,8 +34,18 @@ def test_digits_end_to_end_and_reuse_model(tmp_path: Path) -> None:
     lm = LinearMap.load(out / "maps" / "block2-4_ridge_forward.safetensors")
     assert (lm.d_in, lm.d_out) == (16, 10)
     # the saved model reproduces the intact metric without training
-    again = invoke("--data", "digits", "--model", str(out / "model.safetensors"), "--blocks", "2:4",
-                   "--methods", "ridge", "--direction", "forward")
+    again = invoke(
+        "--data",
+        "digits",
+        "--model",
+        str(out / "model.safetensors"),
+        "--blocks",
+        "2:4",
+        "--methods",
+        "ridge",
+        "--direction",
+        "forward",
+    )
     assert again.exit_code == 0, again.output
     assert f"test {run['metric']['test']:.4f}" in again.output
     # an earlier run is never overwritten silently
@@ -45,8 +55,21 @@ def test_digits_end_to_end_and_reuse_model(tmp_path: Path) -> None:
 
 
 def test_diabetes_regression_with_repeat(tmp_path: Path) -> None:
-    result = invoke("--data", "diabetes", "--layers", "10,8,8,1", "--activation", "tanh", *SMALL,
-                    "--blocks", "0:2", "--repeat", "2", "--out", str(tmp_path / "d"))
+    result = invoke(
+        "--data",
+        "diabetes",
+        "--layers",
+        "10,8,8,1",
+        "--activation",
+        "tanh",
+        *SMALL,
+        "--blocks",
+        "0:2",
+        "--repeat",
+        "2",
+        "--out",
+        str(tmp_path / "d"),
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "d" / "results.json").read_text())
     assert [r["seed"] for r in data["runs"]] == [0, 1] and data["runs"][0]["metric"]["name"] == "mse"
@@ -58,18 +81,33 @@ def test_diabetes_regression_with_repeat(tmp_path: Path) -> None:
 def test_csv_input(tmp_path: Path) -> None:
     lines = ["a,b,c,label"] + [f"{i % 7},{(i * 3) % 5},{i % 4},{int(i % 7 > 3)}" for i in range(60)]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
-    result = invoke("--data", str(tmp_path / "t.csv"), "--target", "label", "--layers", "3,6,6,2",
-                    *SMALL, "--blocks", "0:2")
+    result = invoke(
+        "--data",
+        str(tmp_path / "t.csv"),
+        "--target",
+        "label",
+        "--layers",
+        "3,6,6,2",
+        *SMALL,
+        "--blocks",
+        "0:2",
+    )
     assert result.exit_code == 0, result.output
     assert "classification" in result.output
 
 
-@pytest.mark.parametrize(("args", "match"), [
-    (["--data", "digits", "--layers", "60,16,10"], "--layers 64,16,10"),
-    (["--data", "digits", "--layers", "64,16,16,10", "--blocks", "0:9"], "in execution order: 0, 1, 2, 3, 4"),
-    (["--data", "digits", "--layers", "64,16,10", "--methods", "ridge,lasso"], "methods"),
-    (["--data", "nope"], "one of seed, digits, diabetes"),
-])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--data", "digits", "--layers", "60,16,10"], "--layers 64,16,10"),
+        (
+            ["--data", "digits", "--layers", "64,16,16,10", "--blocks", "0:9"],
+            "in execution order: 0, 1, 2, 3, 4",
+        ),
+        (["--data", "digits", "--layers", "64,16,10", "--methods", "ridge,lasso"], "methods"),
+        (["--data", "nope"], "one of seed, digits, diabetes"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_line(args: list[str], match: str) -> None:
     result = invoke(*args, "--epochs", "1")
     assert result.exit_code == 2

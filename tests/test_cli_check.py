@@ -46,9 +46,7 @@ def test_check_passes_on_bundled_data(args: list[str]) -> None:
 def test_check_header_states_the_setup() -> None:
     result = runner.invoke(app, ["check", "--data", "digits", "--loss", "mse"])
     assert result.exit_code == 0, result.output
-    assert (
-        "data digits: batch of 32 (seed 0); model 64-32-10 relu; loss mse (one-hot" in result.output
-    )
+    assert "data digits: batch of 32 (seed 0); model 64-32-10 relu; loss mse (one-hot" in result.output
 
 
 def test_check_exits_1_on_a_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:

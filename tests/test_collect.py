@@ -10,15 +10,17 @@ from backlens.block import Block
 from backlens.collect import Reservoir, collect
 
 
-def direct_pairs(model: nn.Sequential, block: Block, loader: DataLoader) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def direct_pairs(
+    model: nn.Sequential, block: Block, loader: DataLoader
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The oracle: run the block's modules by hand and differentiate each batch's loss with autograd."""
     names = [n for n, _ in model.named_children()]
     lo, hi = names.index(block.start), names.index(block.end)
     fx, fy, bx, by = [], [], [], []
     for xb, yb in loader:
         a_in = model[:lo](xb).detach().requires_grad_(True)
-        a_out = model[lo:hi + 1](a_in)
-        out = model[hi + 1:](a_out)
+        a_out = model[lo : hi + 1](a_in)
+        out = model[hi + 1 :](a_out)
         loss = nn.functional.mse_loss(out, yb)
         g_out, g_in = torch.autograd.grad(loss, [a_out, a_in])
         fx.append(a_in.detach()), fy.append(a_out.detach()), bx.append(g_out), by.append(g_in)

@@ -40,8 +40,9 @@ def test_rows_cover_every_method_and_direction(trained) -> None:
         assert by[(method, "forward")].consistency < 1e-12
     assert by[("ridge", "forward")].consistency > 1e-6
     # least squares on the fitting data beats every analytic map there
-    assert by[("ridge", "forward")].train_rel_error <= min(by[(m, "forward")].train_rel_error
-                                                          for m in ("expected-mask", "mean-jacobian"))
+    assert by[("ridge", "forward")].train_rel_error <= min(
+        by[(m, "forward")].train_rel_error for m in ("expected-mask", "mean-jacobian")
+    )
     for r in rows:
         if not r.note and r.method != "intact":
             assert r.test_r2 <= 1 and r.test_rel_error >= 0 and -1 <= r.test_cosine <= 1
@@ -54,7 +55,9 @@ def test_scores_equal_direct_computation_on_raw_pairs(trained) -> None:
     block = Block(model, "2", "4")
     train = collect(model, block, loader(split.train, 64), "both", "mse", show_progress=False)
     test = collect(model, block, loader(split.test, 64), "both", "mse", show_progress=False)
-    rows = compare(model, block, None, loader(split.test, 64), ["ridge"], "both", "mse", train=train, test=test)
+    rows = compare(
+        model, block, None, loader(split.test, 64), ["ridge"], "both", "mse", train=train, test=test
+    )
     for direction in ("forward", "backward"):
         lm = fit_method("ridge", block, train, direction)
         X, Y = test.pairs[direction]  # all test rows: under the reservoir cap
@@ -77,8 +80,10 @@ def test_expected_mask_equals_mean_jacobian_for_one_nonlinearity(trained) -> Non
 
 def test_non_chain_block_reports_which_methods_apply() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 3)).double()
-    data = DataLoader(TensorDataset(torch.randn(30, 3, dtype=torch.float64), torch.randn(30, 3, dtype=torch.float64)),
-                      batch_size=10)
+    data = DataLoader(
+        TensorDataset(torch.randn(30, 3, dtype=torch.float64), torch.randn(30, 3, dtype=torch.float64)),
+        batch_size=10,
+    )
     rows = compare(model, Block(model, "0", "2"), data, data, ["ridge", "expected-mask"], "forward", "mse")
     mask = next(r for r in rows if r.method == "expected-mask")
     assert "mean-jacobian or ridge" in mask.note
@@ -86,8 +91,14 @@ def test_non_chain_block_reports_which_methods_apply() -> None:
     assert ridge.test_rel_error is not None and not ridge.note
 
 
-@pytest.mark.parametrize(("methods", "match"), [("ridge,lasso", "methods"), ("reduced-rank", "reduced-rank:8"),
-                                                ("reduced-rank:0", "positive rank")])
+@pytest.mark.parametrize(
+    ("methods", "match"),
+    [
+        ("ridge,lasso", "methods"),
+        ("reduced-rank", "reduced-rank:8"),
+        ("reduced-rank:0", "positive rank"),
+    ],
+)
 def test_bad_methods(methods: str, match: str) -> None:
     with pytest.raises(backlens.BacklensError, match=match):
         parse_methods(methods)

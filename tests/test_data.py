@@ -24,7 +24,7 @@ def test_loader_batches_shuffled_and_seeded() -> None:
     first = [b[0] for b in backlens.seed_loader(x, y, batch_size=4, seed=1)]
     again = [b[0] for b in backlens.seed_loader(x, y, batch_size=4, seed=1)]
     assert len(first) == 4 and all(b.shape == (4, 3) for b in first)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=False))
     assert not torch.equal(torch.cat(first), x)  # shuffled
     assert torch.equal(torch.cat(first).sort(0).values, x.sort(0).values)
 
@@ -33,15 +33,22 @@ def test_build_mlp_is_the_notebook_model() -> None:
     model = backlens.build_mlp([3, 2, 2, 1], "relu")
     kinds = [type(m) for m in model]
     assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
-    assert [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)] == [(3, 2), (2, 2), (2, 1)]
+    assert [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)] == [
+        (3, 2),
+        (2, 2),
+        (2, 1),
+    ]
 
 
-@pytest.mark.parametrize(("widths", "activation", "match"), [
-    ([3], "relu", "at least two"),
-    ([3, 0, 1], "relu", "positive ints"),
-    ([3, 2.5, 1], "relu", "positive ints"),
-    ([3, 2, 1], "swish", "activation"),
-])
+@pytest.mark.parametrize(
+    ("widths", "activation", "match"),
+    [
+        ([3], "relu", "at least two"),
+        ([3, 0, 1], "relu", "positive ints"),
+        ([3, 2.5, 1], "relu", "positive ints"),
+        ([3, 2, 1], "swish", "activation"),
+    ],
+)
 def test_build_mlp_bad_input(widths, activation, match) -> None:
     with pytest.raises(backlens.BacklensError, match=match):
         backlens.build_mlp(widths, activation)

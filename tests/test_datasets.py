@@ -9,11 +9,14 @@ from backlens import BacklensError
 from backlens.datasets import load_csv, load_dataset
 
 
-@pytest.mark.parametrize(("name", "shape", "task", "outputs"), [
-    ("seed", (128, 3), "regression", 1),
-    ("digits", (1797, 64), "classification", 10),
-    ("diabetes", (442, 10), "regression", 1),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "task", "outputs"),
+    [
+        ("seed", (128, 3), "regression", 1),
+        ("digits", (1797, 64), "classification", 10),
+        ("diabetes", (442, 10), "regression", 1),
+    ],
+)
 def test_bundled(name: str, shape: tuple[int, int], task: str, outputs: int) -> None:
     ds = load_dataset(name)
     assert tuple(ds.x.shape) == shape and ds.task == task and ds.n_outputs == outputs
@@ -41,12 +44,15 @@ def test_csv_classification_and_regression(tmp_path: Path) -> None:
     assert ds.task == "regression" and ds.y.shape == (3, 1)
 
 
-@pytest.mark.parametrize(("text", "target", "match"), [
-    ("a,b\n1,\n", "b", "missing value in column 'b', row 2"),
-    ("a,b\n1,2\nx,3\n", "b", "'x' in column 'a', row 3"),
-    ("a,b\n1,2\n", "c", "--target"),
-    ("a,b\n1,2,3\n", "b", "fields in row 2"),
-])
+@pytest.mark.parametrize(
+    ("text", "target", "match"),
+    [
+        ("a,b\n1,\n", "b", "missing value in column 'b', row 2"),
+        ("a,b\n1,2\nx,3\n", "b", "'x' in column 'a', row 3"),
+        ("a,b\n1,2\n", "c", "--target"),
+        ("a,b\n1,2,3\n", "b", "fields in row 2"),
+    ],
+)
 def test_csv_errors_name_column_and_row(tmp_path: Path, text: str, target: str, match: str) -> None:
     with pytest.raises(BacklensError, match=match):
         load_csv(write(tmp_path, text), target=target)

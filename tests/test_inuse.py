@@ -23,8 +23,13 @@ def exact_forward_map(model: nn.Sequential) -> LinearMap:
 
 def data() -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(20, 4, generator=g, dtype=torch.float64),
-                                    torch.randn(20, 3, generator=g, dtype=torch.float64)), batch_size=8)
+    return DataLoader(
+        TensorDataset(
+            torch.randn(20, 4, generator=g, dtype=torch.float64),
+            torch.randn(20, 3, generator=g, dtype=torch.float64),
+        ),
+        batch_size=8,
+    )
 
 
 def test_exact_map_keeps_outputs_and_removes_hooks() -> None:
@@ -36,7 +41,8 @@ def test_exact_map_keeps_outputs_and_removes_hooks() -> None:
     torch.testing.assert_close(swapped, model(x), rtol=1e-12, atol=1e-12)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert inuse.forward_metric(block, exact_forward_map(model), data(), inuse.mse) == pytest.approx(
-        inuse.forward_metric(block, None, data(), inuse.mse), rel=1e-12)
+        inuse.forward_metric(block, None, data(), inuse.mse), rel=1e-12
+    )
 
 
 def test_zero_map_changes_outputs() -> None:

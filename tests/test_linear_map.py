@@ -32,9 +32,7 @@ def test_apply_shapes_and_dtypes() -> None:
 def test_transpose_is_the_adjoint() -> None:
     lm = a_map()
     t = lm.transpose()
-    assert torch.equal(t.matrix, lm.matrix.T) and torch.equal(
-        t.bias, torch.zeros(4, dtype=torch.float64)
-    )
+    assert torch.equal(t.matrix, lm.matrix.T) and torch.equal(t.bias, torch.zeros(4, dtype=torch.float64))
     assert t.direction == "backward" and lm.direction == "forward"
     assert torch.equal(t.transpose().matrix, lm.matrix) and t.transpose().direction == "forward"
     u, v = torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
@@ -46,9 +44,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     lm.save(tmp_path / "m.safetensors")
     back = LinearMap.load(tmp_path / "m.safetensors")
     assert torch.equal(back.matrix, lm.matrix) and torch.equal(back.bias, lm.bias)
-    assert (
-        back.method == "ridge" and back.info["alpha"] == 0.5 and back.info["grid"] == [1.0, "inf"]
-    )
+    assert back.method == "ridge" and back.info["alpha"] == 0.5 and back.info["grid"] == [1.0, "inf"]
     assert "LinearMap(method='ridge'" in repr(back)
 
 

@@ -10,9 +10,7 @@ from backlens import BacklensError, Moments
 from backlens.moments import CHUNK_ROWS
 
 
-def data(
-    n: int, d: int, k: int, seed: int = 0, shift: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def data(n: int, d: int, k: int, seed: int = 0, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64) + shift
     Y = X @ torch.randn(d, k, generator=g, dtype=torch.float64) + torch.randn(
@@ -35,12 +33,8 @@ def assert_sums(m: Moments, X: torch.Tensor, Y: torch.Tensor, rtol: float = 1e-1
     for got, want in pairs:
         torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    torch.testing.assert_close(
-        m.cxx, Xc.T @ Xc, rtol=rtol, atol=rtol * float((Xc.T @ Xc).abs().max())
-    )
-    torch.testing.assert_close(
-        m.cxy, Xc.T @ Yc, rtol=rtol, atol=rtol * float((Xc.T @ Yc).abs().max())
-    )
+    torch.testing.assert_close(m.cxx, Xc.T @ Xc, rtol=rtol, atol=rtol * float((Xc.T @ Xc).abs().max()))
+    torch.testing.assert_close(m.cxy, Xc.T @ Yc, rtol=rtol, atol=rtol * float((Xc.T @ Yc).abs().max()))
 
 
 # (n, d_in, d_out, batch sizes cycled)
@@ -56,9 +50,7 @@ CASES = [
 
 @pytest.mark.parametrize(("n", "d", "k", "batches"), CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_streaming_equals_direct_sums(
-    n: int, d: int, k: int, batches: list[int], dtype: torch.dtype
-) -> None:
+def test_streaming_equals_direct_sums(n: int, d: int, k: int, batches: list[int], dtype: torch.dtype) -> None:
     X, Y = data(n, d, k, shift=2.0)
     X, Y = X.to(dtype), Y.to(dtype)
     m = Moments(d, k, yy="full")
@@ -172,9 +164,7 @@ def test_killed_save_leaves_no_valid_file(tmp_path, monkeypatch) -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("which", ["X", "Y"])
 @pytest.mark.parametrize("row", [0, 7, CHUNK_ROWS + 3])
-def test_non_finite_names_array_and_row_and_changes_nothing(
-    bad: float, which: str, row: int
-) -> None:
+def test_non_finite_names_array_and_row_and_changes_nothing(bad: float, which: str, row: int) -> None:
     X, Y = data(CHUNK_ROWS + 10, 2, 2)
     (X if which == "X" else Y)[row, 1] = bad
     m = Moments(2, 2).update(*data(3, 2, 2, seed=9))

@@ -42,9 +42,7 @@ def make_model(kind: str, dtype: torch.dtype, bias: bool) -> nn.Module:
     return model.to(dtype)
 
 
-def batch(
-    shape: tuple[int, ...], loss: str, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(shape: tuple[int, ...], loss: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(*shape, 6, dtype=dtype)
     y = torch.randint(0, 4, shape) if loss == "ce" else torch.randn(*shape, 4, dtype=dtype)
     return x, y
@@ -56,9 +54,7 @@ def loss_fn(loss: str, reduction: str) -> Callable:
     return lambda out, y: F.mse_loss(out, y, reduction=reduction)
 
 
-def func_grads(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable
-) -> dict[str, torch.Tensor]:
+def func_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable) -> dict[str, torch.Tensor]:
     """torch.func vmap(grad) on a hook-free copy: each sample's gradient of its own loss term."""
     params = {k: v.detach() for k, v in model.named_parameters()}
 
@@ -150,9 +146,7 @@ def test_per_sample_grads_equal_opacus(
         (20, 4, 5, 1),  # cheaper to build G chunk by chunk
     ],
 )
-def test_norms_without_building_grads_equal_built(
-    t: int, k_in: int, k_out: int, calls: int
-) -> None:
+def test_norms_without_building_grads_equal_built(t: int, k_in: int, k_out: int, calls: int) -> None:
     shape = (7, t) if t > 1 else (7,)
     acts = [torch.randn(*shape, k_in, dtype=torch.float64) for _ in range(calls)]
     backs = [torch.randn(*shape, k_out, dtype=torch.float64) for _ in range(calls)]

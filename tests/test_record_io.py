@@ -71,9 +71,7 @@ def test_round_trip(tmp_path: Path, case: str) -> None:
         for a, b in zip(ours.calls, theirs.calls, strict=True):
             assert a.index == b.index
             assert same_value(a.output, b.output)
-            assert same_value(a.grad_inputs, b.grad_inputs) and same_value(
-                a.grad_outputs, b.grad_outputs
-            )
+            assert same_value(a.grad_inputs, b.grad_inputs) and same_value(a.grad_outputs, b.grad_outputs)
             # non-tensor arguments (the int k) are not stored: None in their place
             assert same_value(a.inputs, b.inputs) or case != "mlp"
     assert str(back) == str(rec)

@@ -151,9 +151,7 @@ def test_ill_conditioned_uncentred_data_is_accurate() -> None:
     X, Y = activation_like(20000, 48, 4)
     m = Moments(48, 4)
     for i in range(0, len(X), 4096):
-        m.update(
-            torch.from_numpy(X[i : i + 4096]).float(), torch.from_numpy(Y[i : i + 4096]).float()
-        )
+        m.update(torch.from_numpy(X[i : i + 4096]).float(), torch.from_numpy(Y[i : i + 4096]).float())
     Xf, Yf = X.astype(np.float32).astype(np.float64), Y.astype(np.float32).astype(np.float64)
     Xc, Yc = Xf - Xf.mean(0), Yf - Yf.mean(0)
     alpha = 1e-9 * np.trace(Xc.T @ Xc) / 48

@@ -34,9 +34,7 @@ MODULES = [
 
 def grid(dtype: torch.dtype) -> torch.Tensor:
     """Kinks (0, ±tiny), unit-scale values and saturating extremes, as a (batch, features) block."""
-    special = torch.tensor(
-        [0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 30.0, -30.0, 80.0, -80.0], dtype=dtype
-    )
+    special = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 30.0, -30.0, 80.0, -80.0], dtype=dtype)
     values = torch.cat([special, torch.linspace(-6, 6, 190, dtype=dtype)])
     return values.reshape(20, 10)
 
@@ -47,9 +45,7 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    ("name", "module"), MODULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MODULES)]
-)
+@pytest.mark.parametrize(("name", "module"), MODULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MODULES)])
 def test_activation_forward_and_derivative_match_autograd(
     name: str, module: nn.Module, dtype: torch.dtype
 ) -> None:
@@ -109,9 +105,7 @@ def make_target(loss: str, n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("loss", LOSS_NAMES)
-@pytest.mark.parametrize(
-    ("n", "k", "scale"), [(1, 1, 1.0), (7, 3, 1.0), (16, 10, 30.0), (5, 1, 100.0)]
-)
+@pytest.mark.parametrize(("n", "k", "scale"), [(1, 1, 1.0), (7, 3, 1.0), (16, 10, 30.0), (5, 1, 100.0)])
 def test_loss_value_and_gradient_match_torch(
     loss: str, reduction: str, dtype: torch.dtype, n: int, k: int, scale: float
 ) -> None:

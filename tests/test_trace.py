@@ -123,9 +123,7 @@ class TwoOut(nn.Module):
         super().__init__()
         self.lin = nn.Linear(4, 6)
 
-    def forward(
-        self, a: torch.Tensor, b: torch.Tensor, k: int = 2
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.lin(a * b)
         return h[:, :3] * k, torch.tanh(h[:, 3:]) + a[:, :3]
 
@@ -147,9 +145,7 @@ def mlp_3d_case() -> tuple[nn.Module, list[str], Callable]:
 
 
 def encoder_case() -> tuple[nn.Module, list[str], Callable]:
-    layer = nn.TransformerEncoderLayer(
-        8, 2, dim_feedforward=16, dropout=0.0, batch_first=True
-    ).double()
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True).double()
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     names = ["linear1", "linear2", "norm1", "norm2", "dropout1"]
     return layer, names, lambda m: m(x).square().sum().backward()
@@ -204,9 +200,7 @@ def test_every_call_equals_full_backward_hooks(case: Callable) -> None:
             given = [w for w in want["inputs"] if isinstance(w, torch.Tensor)]
             ours = backlens.nested.tensors_in(call.inputs)
             assert all(same(o, w) for o, w in zip(ours, given, strict=True))
-            assert len(call.grad_inputs) == len(want["gi"]) and len(call.grad_outputs) == len(
-                want["go"]
-            )
+            assert len(call.grad_inputs) == len(want["gi"]) and len(call.grad_outputs) == len(want["go"])
             assert all(same(g, w) for g, w in zip(call.grad_inputs, want["gi"], strict=True))
             assert all(same(g, w) for g, w in zip(call.grad_outputs, want["go"], strict=True))
 
@@ -324,9 +318,7 @@ def test_calls_matched_to_their_gradients() -> None:
     assert [c.index for c in rec[""].calls] == [0, 1, 2]
     for k, (call, x) in enumerate(zip(rec[""].calls, xs, strict=True)):
         assert torch.equal(call.input, x)
-        torch.testing.assert_close(
-            call.grad_output, torch.full((2, 3), k + 1.0, dtype=torch.float64)
-        )
+        torch.testing.assert_close(call.grad_output, torch.full((2, 3), k + 1.0, dtype=torch.float64))
     with pytest.raises(backlens.BacklensError, match=r"3 calls.*calls\[i\]\.input"):
         _ = rec[""].input
 
@@ -368,10 +360,7 @@ def test_traces_nest_and_agree() -> None:
 
 def module_state(model: nn.Module) -> list[dict]:
     return [
-        {
-            k: (v if isinstance(v, (bool, int, float, str, type(None))) else id(v))
-            for k, v in vars(m).items()
-        }
+        {k: (v if isinstance(v, (bool, int, float, str, type(None))) else id(v)) for k, v in vars(m).items()}
         | {"hooks": [len(getattr(m, h)) for h in vars(m) if h.endswith("hooks")]}
         for m in model.modules()
     ]

@@ -42,8 +42,11 @@ def test_task_metric_is_accuracy_and_mse() -> None:
 def test_task_losses_match_torch(name: str) -> None:
     out = torch.randn(6, 3)
     y = torch.randint(0, 3, (6,)) if name == "ce" else torch.rand(6, 3)
-    reference = {"mse": torch.nn.functional.mse_loss, "ce": torch.nn.functional.cross_entropy,
-                 "bce": torch.nn.functional.binary_cross_entropy_with_logits}[name](out, y)
+    reference = {
+        "mse": torch.nn.functional.mse_loss,
+        "ce": torch.nn.functional.cross_entropy,
+        "bce": torch.nn.functional.binary_cross_entropy_with_logits,
+    }[name](out, y)
     assert task_loss(name)(out, y) == pytest.approx(float(reference))
 
 

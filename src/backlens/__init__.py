@@ -24,6 +24,7 @@ def __getattr__(name: str) -> object:
         return LinearAbstraction
     raise AttributeError(f"module 'backlens' has no attribute {name!r}")
 
+
 __all__ = [
     "BacklensError",
     "BacklensWarning",

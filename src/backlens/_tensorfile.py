@@ -32,9 +32,7 @@ def save_tensors(
     return atomic_write(path, lambda tmp: save_file(data, tmp, metadata=header))
 
 
-def load_tensors(
-    path: str | os.PathLike[str], kind: str
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by `save_tensors` with the same `kind`, or raise BacklensError."""
     target = Path(path)
     if not target.is_file():
@@ -52,9 +50,7 @@ def load_tensors(
         ) from None
     if header.get("format") != kind or header.get("version") != VERSION:
         got = f"{target} with format={header.get('format')!r}, version={header.get('version')!r}"
-        raise fail(
-            "path", f"a {kind} file, version {VERSION}", got, f"pass a file written by {kind}.save"
-        )
+        raise fail("path", f"a {kind} file, version {VERSION}", got, f"pass a file written by {kind}.save")
     try:
         meta = json.loads(header.get("meta", "{}"))
     except json.JSONDecodeError as err:

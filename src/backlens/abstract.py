@@ -53,13 +53,22 @@ class AbstractOptions:
     lr: float = 1e-3
 
 
+def map_file_name(block: str, method: str, direction: str) -> str:
+    """'2:4', 'reduced-rank:8', 'forward' -> 'block2-4_reduced-rank8_forward.safetensors'."""
+    return f"block{block.replace(':', '-')}_{method.replace(':', '')}_{direction}.safetensors"
+
+
 def _check_out(options: AbstractOptions) -> Path | None:
     if options.out is None:
         return None
     out = Path(options.out)
     if out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise fail("--out", "an empty or new directory", f"{out} holding an earlier run",
-                   "pick another directory or pass --overwrite")
+        raise fail(
+            "--out",
+            "an empty or new directory",
+            f"{out} holding an earlier run",
+            "pick another directory or pass --overwrite",
+        )
     return out
 
 
@@ -67,8 +76,15 @@ def _subset_loader(data_x: torch.Tensor, data_y: torch.Tensor, n: int, batch_siz
     return DataLoader(TensorDataset(data_x[:n], data_y[:n]), batch_size=batch_size)
 
 
-def sample_size_curve(model: torch.nn.Module, block: Block, train_x: torch.Tensor, train_y: torch.Tensor,
-                      test_collection: Any, loss: str, direction: str) -> list[dict[str, Any]]:
+def sample_size_curve(
+    model: torch.nn.Module,
+    block: Block,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_collection: Any,
+    loss: str,
+    direction: str,
+) -> list[dict[str, Any]]:
     """Held-out rel. error of ridge and mean-Jacobian fitted on the first n training samples."""
     points = []
     sizes = sorted({n for n in CURVE_SIZES if n < len(train_x)} | {len(train_x)})
@@ -77,12 +93,20 @@ def sample_size_curve(model: torch.nn.Module, block: Block, train_x: torch.Tenso
         for method in ("ridge", "mean-jacobian"):
             lm = fit_method(method, block, col, direction)
             moments = test_collection.forward if direction == "forward" else test_collection.backward
-            points.append({"n": n, "method": method, "direction": direction,
-                           "test_rel_error": float(score(lm, moments=moments).rel_error)})
+            points.append(
+                {
+                    "n": n,
+                    "method": method,
+                    "direction": direction,
+                    "test_rel_error": float(score(lm, moments=moments).rel_error),
+                }
+            )
     return points
 
 
-def _one_run(options: AbstractOptions, seed: int, console: Console, out: Path | None, first: bool) -> dict[str, Any]:
+def _one_run(
+    options: AbstractOptions, seed: int, console: Console, out: Path | None, first: bool
+) -> dict[str, Any]:
     data = load_dataset(options.data, seed=seed, target=options.target)
     widths = parse_widths(options.layers)
     loss = options.loss or default_loss(data)
@@ -98,13 +122,26 @@ def _one_run(options: AbstractOptions, seed: int, console: Console, out: Path | 
         model = build_mlp(widths, activation, seed=seed)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"training {options.layers} (seed {seed})", total=options.epochs)
-            train_model(model, split.train, loss, options.epochs, options.batch_size, options.lr, seed,
-                        progress=lambda epoch, value: progress.update(task, advance=1, description=f"training: loss {value:.4f}"))
+            train_model(
+                model,
+                split.train,
+                loss,
+                options.epochs,
+                options.batch_size,
+                options.lr,
+                seed,
+                progress=lambda epoch, value: progress.update(
+                    task, advance=1, description=f"training: loss {value:.4f}"
+                ),
+            )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    metric = {"train": task_metric(model, split.train), "test": task_metric(model, split.test),
-              "name": "accuracy" if data.task == "classification" else "mse"}
+    metric = {
+        "train": task_metric(model, split.train),
+        "test": task_metric(model, split.test),
+        "name": "accuracy" if data.task == "classification" else "mse",
+    }
     train_loader, test_loader = loader(split.train, 256), loader(split.test, 256)
     blocks = Block.parse(model, options.blocks)
     methods = parse_methods(options.methods)
@@ -112,24 +149,51 @@ def _one_run(options: AbstractOptions, seed: int, console: Console, out: Path | 
     for block in blocks:
         train_col = collect(model, block, train_loader, options.direction, loss, seed=seed)
         test_col = collect(model, block, test_loader, options.direction, loss, seed=seed + 1)
-        rows = compare(model, block, train_loader, test_loader, methods, options.direction, loss,
-                       train=train_col, test=test_col)
-        entry: dict[str, Any] = {"block": block.label, "modules": block.names, "rows": [r.to_dict() for r in rows]}
+        rows = compare(
+            model,
+            block,
+            train_loader,
+            test_loader,
+            methods,
+            options.direction,
+            loss,
+            train=train_col,
+            test=test_col,
+        )
+        entry: dict[str, Any] = {
+            "block": block.label,
+            "modules": block.names,
+            "rows": [r.to_dict() for r in rows],
+        }
         if first:
             directions = ["forward", "backward"] if options.direction == "both" else [options.direction]
-            entry["curve"] = [p for d in directions for p in
-                              sample_size_curve(model, block, split.train.x, split.train.y, test_col, loss, d)]
+            entry["curve"] = [
+                p
+                for d in directions
+                for p in sample_size_curve(model, block, split.train.x, split.train.y, test_col, loss, d)
+            ]
             maps = fitted_maps(block, train_col, methods, options.direction)
-            entry["spectra"] = {k: torch.linalg.svdvals(lm.matrix.double()).tolist() for k, lm in maps.items()}
+            entry["spectra"] = {
+                k: torch.linalg.svdvals(lm.matrix.double()).tolist() for k, lm in maps.items()
+            }
             if out is not None:
                 for key, lm in maps.items():
                     method, direction = key.split("/")
-                    lm.save(out / "maps" / f"block{block.label.replace(':', '-')}_{method.replace(':', '')}_{direction}.safetensors")
+                    lm.save(out / "maps" / map_file_name(block.label, method, direction))
         per_block.append(entry)
     if first and out is not None:
         save_model(model, widths, activation, out / "model.safetensors")
-    return {"seed": seed, "task": data.task, "loss": loss, "widths": widths, "activation": activation,
-            "n_train": len(split.train.x), "n_test": len(split.test.x), "metric": metric, "blocks": per_block}
+    return {
+        "seed": seed,
+        "task": data.task,
+        "loss": loss,
+        "widths": widths,
+        "activation": activation,
+        "n_train": len(split.train.x),
+        "n_test": len(split.test.x),
+        "metric": metric,
+        "blocks": per_block,
+    }
 
 
 def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,13 +202,20 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         for block in run["blocks"]:
             for row in block["rows"]:
-                cell = table.setdefault((row["block"], row["method"], row["direction"]), {"test_rel_error": [], "in_use": []})
+                cell = table.setdefault(
+                    (row["block"], row["method"], row["direction"]),
+                    {"test_rel_error": [], "in_use": []},
+                )
                 for key in cell:
                     if row[key] is not None and not math.isnan(row[key]):
                         cell[key].append(row[key])
     out = []
     for (block, method, direction), cell in table.items():
-        stats = {f"{k}_{s}": (float(f(v)) if v else None) for k, v in cell.items() for s, f in (("mean", np.mean), ("std", np.std))}
+        stats = {
+            f"{k}_{s}": (float(f(v)) if v else None)
+            for k, v in cell.items()
+            for s, f in (("mean", np.mean), ("std", np.std))
+        }
         out.append({"block": block, "method": method, "direction": direction, **stats})
     return out
 
@@ -163,8 +234,12 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
         print_run(console, runs[-1], options)
     results = {
         "options": asdict(options),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                     "scikit-learn": sklearn.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
         "runs": runs,
         "summary": _aggregate(runs),
     }

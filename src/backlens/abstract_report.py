@@ -21,23 +21,43 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def verdict(rows: list[dict[str, Any]], direction: str) -> str:
     """One line: which method has the least held-out relative error in this direction."""
-    scored = [r for r in rows if r["direction"] == direction and r["method"] != "intact" and r["test_rel_error"] is not None]
+    scored = [
+        r
+        for r in rows
+        if r["direction"] == direction and r["method"] != "intact" and r["test_rel_error"] is not None
+    ]
     if not scored:
         return f"{direction}: no method applied"
     best = min(scored, key=lambda r: r["test_rel_error"])
     runner = sorted(scored, key=lambda r: r["test_rel_error"])[1:2]
     against = f" (next: {runner[0]['method']} {runner[0]['test_rel_error']:.3g})" if runner else ""
-    return f"{direction}: {best['method']} wins on held-out data, rel. error {best['test_rel_error']:.3g}{against}"
+    error = best["test_rel_error"]
+    return f"{direction}: {best['method']} wins on held-out data, rel. error {error:.3g}{against}"
 
 
 def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
     metric = run["metric"]
-    console.print(f"[bold]seed {run['seed']}[/]: {run['task']} with loss {run['loss']}, "
-                  f"{run['n_train']} train / {run['n_test']} test samples; intact model {metric['name']}: "
-                  f"train {metric['train']:.4f}, test {metric['test']:.4f}")
+    console.print(
+        f"[bold]seed {run['seed']}[/]: {run['task']} with loss {run['loss']}, "
+        f"{run['n_train']} train / {run['n_test']} test samples; intact model {metric['name']}: "
+        f"train {metric['train']:.4f}, test {metric['test']:.4f}"
+    )
     for block in run["blocks"]:
-        table = Table(title=f"block {block['block']} ({' → '.join(block['modules'])}): held-out | fitting data")
-        for column in ("method", "dir", "rel.err", "R²", "cos", "| rel.err", "R²", "cos", "in use", "‖Mb−Mfᵀ‖"):
+        table = Table(
+            title=f"block {block['block']} ({' → '.join(block['modules'])}): held-out | fitting data"
+        )
+        for column in (
+            "method",
+            "dir",
+            "rel.err",
+            "R²",
+            "cos",
+            "| rel.err",
+            "R²",
+            "cos",
+            "in use",
+            "‖Mb−Mfᵀ‖",
+        ):
             table.add_column(column, justify="left" if column in ("method", "dir") else "right")
         notes = []
         for r in block["rows"]:
@@ -47,9 +67,18 @@ def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
                 continue
             labels = {"accuracy": "acc", "mse": "mse", "grad cosine": "cos"}
             in_use = "—" if r["in_use"] is None else f"{labels[r['in_use_metric']]} {r['in_use']:.3f}"
-            table.add_row(r["method"], short, _num(r["test_rel_error"]), _num(r["test_r2"]),
-                          _num(r["test_cosine"]), _num(r["train_rel_error"]), _num(r["train_r2"]),
-                          _num(r["train_cosine"]), in_use, _num(r["consistency"], 2))
+            table.add_row(
+                r["method"],
+                short,
+                _num(r["test_rel_error"]),
+                _num(r["test_r2"]),
+                _num(r["test_cosine"]),
+                _num(r["train_rel_error"]),
+                _num(r["train_r2"]),
+                _num(r["train_cosine"]),
+                in_use,
+                _num(r["consistency"], 2),
+            )
         console.print(table)
         for note in sorted(set(notes)):
             console.print(note)
@@ -63,15 +92,25 @@ def _plot_errors(results: dict[str, Any], path: Path) -> Path:
     directions = sorted({r["direction"] for b in run["blocks"] for r in b["rows"] if r["method"] != "intact"})
     fig, axes = plt.subplots(1, len(directions), figsize=(7 * len(directions), 4.2), squeeze=False)
     for ax, direction in zip(axes[0], directions, strict=True):
-        methods = list(dict.fromkeys(r["method"] for b in run["blocks"] for r in b["rows"] if r["method"] != "intact"))
+        methods = list(
+            dict.fromkeys(r["method"] for b in run["blocks"] for r in b["rows"] if r["method"] != "intact")
+        )
         width = 0.8 / max(1, len(methods))
         for i, method in enumerate(methods):
             values = []
             for b in run["blocks"]:
-                row = next((r for r in b["rows"] if r["method"] == method and r["direction"] == direction), None)
-                values.append(row["test_rel_error"] if row and row["test_rel_error"] is not None else float("nan"))
+                row = next(
+                    (r for r in b["rows"] if r["method"] == method and r["direction"] == direction),
+                    None,
+                )
+                values.append(
+                    row["test_rel_error"] if row and row["test_rel_error"] is not None else float("nan")
+                )
             ax.bar([j + i * width for j in range(len(run["blocks"]))], values, width, label=method)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(run["blocks"]))], [b["block"] for b in run["blocks"]])
+        ax.set_xticks(
+            [j + 0.4 - width / 2 for j in range(len(run["blocks"]))],
+            [b["block"] for b in run["blocks"]],
+        )
         ax.set_yscale("log")
         ax.set_xlabel("block")
         ax.set_ylabel("held-out relative error")
@@ -88,8 +127,12 @@ def _plot_curve(results: dict[str, Any], path: Path) -> Path:
         keys = list(dict.fromkeys((p["method"], p["direction"]) for p in block["curve"]))
         for method, direction in keys:
             pts = [p for p in block["curve"] if p["method"] == method and p["direction"] == direction]
-            ax.plot([p["n"] for p in pts], [p["test_rel_error"] for p in pts], "-o" if direction == "forward" else "--s",
-                    label=f"{method} ({direction})")
+            ax.plot(
+                [p["n"] for p in pts],
+                [p["test_rel_error"] for p in pts],
+                "-o" if direction == "forward" else "--s",
+                label=f"{method} ({direction})",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training samples used to fit")
@@ -106,13 +149,22 @@ def _plot_spectra(results: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, max(1, len(blocks)), figsize=(6 * max(1, len(blocks)), 4.2), squeeze=False)
     for ax, block in zip(axes[0], blocks, strict=False):
         for key, values in block["spectra"].items():
-            ax.semilogy(range(1, len(values) + 1), [max(v, 1e-16) for v in values], "-" if key.endswith("forward") else "--",
-                        label=key)
+            ax.semilogy(
+                range(1, len(values) + 1),
+                [max(v, 1e-16) for v in values],
+                "-" if key.endswith("forward") else "--",
+                label=key,
+            )
         ax.set_xlabel("index")
         ax.set_ylabel("singular value")
         ax.set_title(f"block {block['block']}: spectrum of each map")
         ax.legend(fontsize=6)
     return save_figure(fig, path)
+
+
+def _mean_std(summary: dict[str, Any], key: str) -> str:
+    mean, std = summary[f"{key}_mean"], summary[f"{key}_std"]
+    return "—" if mean is None else f"{mean:.3g} ± {std:.2g}"
 
 
 def print_summary(console: Console, results: dict[str, Any]) -> None:
@@ -122,16 +174,18 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
         for column in ("block", "method", "dir", "test rel.err", "in use"):
             table.add_column(column)
         for s in results["summary"]:
-            fmt = lambda k: "—" if s[f"{k}_mean"] is None else f"{s[f'{k}_mean']:.3g} ± {s[f'{k}_std']:.2g}"  # noqa: E731
-            table.add_row(s["block"], s["method"], s["direction"], fmt("test_rel_error"), fmt("in_use"))
+            cells = [_mean_std(s, key) for key in ("test_rel_error", "in_use")]
+            table.add_row(s["block"], s["method"], s["direction"], *cells)
         console.print(table)
 
 
 def write_outputs(console: Console, results: dict[str, Any], out: Path) -> None:
     """results.json and the three plots; maps and model were written during the run."""
-    paths = [write_json(out / "results.json", results),
-             _plot_errors(results, out / "heldout_error.png"),
-             _plot_curve(results, out / "error_vs_samples.png"),
-             _plot_spectra(results, out / "spectra.png")]
+    paths = [
+        write_json(out / "results.json", results),
+        _plot_errors(results, out / "heldout_error.png"),
+        _plot_curve(results, out / "error_vs_samples.png"),
+        _plot_spectra(results, out / "spectra.png"),
+    ]
     for path in paths:
         console.print(f"wrote {path}")

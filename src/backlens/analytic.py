@@ -103,9 +103,7 @@ def _inputs(X_in: Any, d_in: int | None) -> torch.Tensor:
     if X_in.shape[0] == 0:
         raise fail("X_in", "at least one row", describe(X_in), "pass some inputs")
     if d_in is not None and X_in.shape[1] != d_in:
-        raise fail(
-            "X_in", f"shape (n, {d_in})", describe(X_in), "pass inputs of the block's first layer"
-        )
+        raise fail("X_in", f"shape (n, {d_in})", describe(X_in), "pass inputs of the block's first layer")
     if not bool(torch.isfinite(X_in).all()):
         raise fail("X_in", "finite values", "NaN or Inf", "clean the inputs")
     return X_in.detach().cpu()
@@ -116,9 +114,7 @@ def _first_width(layers: Any) -> int | None:
     return linears[0].in_features if linears else None
 
 
-def _forward(
-    steps: list[Step], x: torch.Tensor, on_act: Callable[[int, torch.Tensor], None]
-) -> torch.Tensor:
+def _forward(steps: list[Step], x: torch.Tensor, on_act: Callable[[int, torch.Tensor], None]) -> torch.Tensor:
     """Run the chain on float64 rows, calling on_act(step index, σ'(z)) at each activation."""
     a = x
     for i, (kind, first, second) in enumerate(steps):
@@ -173,18 +169,12 @@ def expected_mask(layers: Any, X_in: torch.Tensor, direction: str = "backward") 
     count = _nonlinearities(steps)
     info: dict[str, Any] = {"n": n, "nonlinearities": count, "equals_mean_jacobian": count <= 1}
     if count > 1:
-        info["note"] = (
-            "more than one nonlinearity: a product of mean derivatives, not the mean Jacobian"
-        )
+        info["note"] = "more than one nonlinearity: a product of mean derivatives, not the mean Jacobian"
     assert sum_y is not None
-    return _make(
-        _product(steps, means, d_in), direction, sum_x / n, sum_y / n, "expected_mask", info
-    )
+    return _make(_product(steps, means, d_in), direction, sum_x / n, sum_y / n, "expected_mask", info)
 
 
-def _jacobian_sum(
-    steps: list[Step], diags: dict[int, torch.Tensor], d_in: int, rows: int
-) -> torch.Tensor:
+def _jacobian_sum(steps: list[Step], diags: dict[int, torch.Tensor], d_in: int, rows: int) -> torch.Tensor:
     """Σ over rows of W_L·diag(s_{L−1}(x))·…·W_1, batched; diags[i] is (rows, width)."""
     J: torch.Tensor | None = None  # None: identity; 2-D: shared by all rows; 3-D: (rows, out, d_in)
     for i, (kind, first, _) in enumerate(steps):
@@ -218,9 +208,7 @@ def _closed_form_mean_jacobian(
         sum_y += _forward(steps, rows, diags.__setitem__).sum(dim=0)
         if transpose:
             last = len(steps) - 1
-            total += _jacobian_sum(
-                reverse, {last - i: s for i, s in diags.items()}, d_out, len(rows)
-            ).T
+            total += _jacobian_sum(reverse, {last - i: s for i, s in diags.items()}, d_out, len(rows)).T
         else:
             total += _jacobian_sum(steps, diags, d_in, len(rows))
     return total / X.shape[0], sum_y / X.shape[0]

@@ -107,27 +107,40 @@ def _flatten_modules(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
 def _unsupported(module: nn.Module, position: int, name: str) -> Exception:
     kind = type(module).__name__
     if isinstance(module, nn.Dropout) and module.training:
-        return fail("model", "Dropout in eval mode (in training mode it is random)",
-                    f"{kind} at position {position} (name {name!r}) in training mode",
-                    "call model.eval() first")
+        return fail(
+            "model",
+            "Dropout in eval mode (in training mode it is random)",
+            f"{kind} at position {position} (name {name!r}) in training mode",
+            "call model.eval() first",
+        )
     if isinstance(module, nn.Flatten):
-        return fail("model", "nn.Flatten(start_dim=1, end_dim=-1)",
-                    f"{kind}(start_dim={module.start_dim}, end_dim={module.end_dim}) at position "
-                    f"{position} (name {name!r})", "flatten only the feature dimensions")
+        return fail(
+            "model",
+            "nn.Flatten(start_dim=1, end_dim=-1)",
+            f"{kind}(start_dim={module.start_dim}, end_dim={module.end_dim}) at position "
+            f"{position} (name {name!r})",
+            "flatten only the feature dimensions",
+        )
     batch_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
     mode = " in training mode" if module.training and batch_norm else ""
-    return fail("model", f"only these modules: {SUPPORTED_MODULES}",
-                f"{kind} at position {position} (name {name!r}){mode}",
-                "remove or replace that module, or check that part of the model by other means")
+    return fail(
+        "model",
+        f"only these modules: {SUPPORTED_MODULES}",
+        f"{kind} at position {position} (name {name!r}){mode}",
+        "remove or replace that module, or check that part of the model by other means",
+    )
 
 
 def linear_chain(model: nn.Module) -> Chain:
     """Read a Sequential (nested ones opened) as Linear steps with their activations, or raise."""
     check_module("model", model)
     if not isinstance(model, nn.Sequential):
-        raise fail("model", f"an nn.Sequential of supported modules ({SUPPORTED_MODULES})",
-                   f"{type(model).__name__} at position 0 (the model itself)",
-                   "wrap the layers in nn.Sequential")
+        raise fail(
+            "model",
+            f"an nn.Sequential of supported modules ({SUPPORTED_MODULES})",
+            f"{type(model).__name__} at position 0 (the model itself)",
+            "wrap the layers in nn.Sequential",
+        )
     steps: list[Step] = []
     prefix: list[ActivationRule] = []
     flatten = False
@@ -135,9 +148,12 @@ def linear_chain(model: nn.Module) -> Chain:
     for position, (name, module) in enumerate(_flatten_modules(model)):
         if type(module) is nn.Linear:  # exact type: a subclass may change forward
             if id(module) in seen:
-                raise fail("model", "each Linear layer used once",
-                           f"the Linear at position {position} (name {name!r}) is also "
-                           f"{seen[id(module)]!r}", "give every layer its own nn.Linear")
+                raise fail(
+                    "model",
+                    "each Linear layer used once",
+                    f"the Linear at position {position} (name {name!r}) is also {seen[id(module)]!r}",
+                    "give every layer its own nn.Linear",
+                )
             seen[id(module)] = name
             steps.append(Step(name, module))
             continue
@@ -156,13 +172,18 @@ def linear_chain(model: nn.Module) -> Chain:
         raise fail("model", "at least one nn.Linear", "none", "add a Linear layer")
     dtypes = {p.dtype for s in steps for p in s.linear.parameters()}
     if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.float64}:
-        raise fail("model", "float32 or float64 parameters, all of one dtype",
-                   ", ".join(sorted(map(str, dtypes))), "call model.float() or model.double()")
+        raise fail(
+            "model",
+            "float32 or float64 parameters, all of one dtype",
+            ", ".join(sorted(map(str, dtypes))),
+            "call model.float() or model.double()",
+        )
     return Chain(tuple(steps), tuple(prefix), flatten)
 
 
-def prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
-            reduction: str = "mean") -> tuple[Chain, torch.Tensor, torch.Tensor, LossRule]:
+def prepare(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse", reduction: str = "mean"
+) -> tuple[Chain, torch.Tensor, torch.Tensor, LossRule]:
     """Validate model, x, y, loss and reduction; return the chain, x, target y and loss rule."""
     chain = linear_chain(model)
     rule = loss_rule(loss, reduction)
@@ -170,30 +191,47 @@ def prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse
     if chain.flatten:
         x = check_tensor("x", x, floating=True)
         if x.ndim < 2 or math.prod(x.shape[1:]) != chain.in_features:
-            raise fail("x", f"shape (n, ...) with {chain.in_features} features per sample "
-                       "(the model flattens them)", describe(x), "pass data of that shape")
+            raise fail(
+                "x",
+                f"shape (n, ...) with {chain.in_features} features per sample (the model flattens them)",
+                describe(x),
+                "pass data of that shape",
+            )
     else:
         x = check_tensor("x", x, ndim=2, floating=True, shape=(None, chain.in_features))
     if x.dtype != weight.dtype:
-        raise fail("x", f"dtype {weight.dtype}, the model's parameter dtype", describe(x),
-                   f"convert x with x.to({weight.dtype}) or the model with model.to({x.dtype})")
+        raise fail(
+            "x",
+            f"dtype {weight.dtype}, the model's parameter dtype",
+            describe(x),
+            f"convert x with x.to({weight.dtype}) or the model with model.to({x.dtype})",
+        )
     if x.device != weight.device:
-        raise fail("x", f"a tensor on {weight.device}, where the model is",
-                   f"a tensor on {x.device}", f"move it with x.to('{weight.device}')")
+        raise fail(
+            "x",
+            f"a tensor on {weight.device}, where the model is",
+            f"a tensor on {x.device}",
+            f"move it with x.to('{weight.device}')",
+        )
     if len(x) == 0:
         raise fail("x", "a non-empty batch", "0 rows", "pass at least one sample")
     check_finite("x", x)
     y = check_tensor("y", y)
     check_finite("y", y)
     if y.device != x.device:
-        raise fail("y", f"a tensor on {x.device}, where x is", f"a tensor on {y.device}",
-                   f"move it with y.to('{x.device}')")
+        raise fail(
+            "y",
+            f"a tensor on {x.device}, where x is",
+            f"a tensor on {y.device}",
+            f"move it with y.to('{x.device}')",
+        )
     target = rule.target(y, (len(x), chain.out_features), x.dtype)
     return chain, x, target, rule
 
 
-def backprop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
-             reduction: str = "mean") -> Tape:
+def backprop(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse", reduction: str = "mean"
+) -> Tape:
     """Run the model's forward and backward by hand; return every intermediate as a Tape.
 
     model: nn.Sequential of Linear layers and elementwise activations (see rules.SUPPORTED_MODULES),
@@ -207,8 +245,7 @@ def backprop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ms
     return _backprop(chain, x, target, rule)
 
 
-def _activate(rules: tuple[ActivationRule, ...],
-              z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _activate(rules: tuple[ActivationRule, ...], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """a = σ_m(…σ_1(z)) and σ'(z) = Π_j σ_j'(u_{j−1}), the chain rule through the modules."""
     if not rules:
         return z, None
@@ -241,8 +278,14 @@ def _backprop(chain: Chain, x: torch.Tensor, y: torch.Tensor, rule: LossRule) ->
         layers.append(LayerTape(step.name, a, z, step.activation, derivative))
         a = a_next
     output = a
-    tape = Tape(loss=rule.value(output, y), output=output, layers=layers, loss_name=rule.name,
-                reduction=rule.reduction, target=y)
+    tape = Tape(
+        loss=rule.value(output, y),
+        output=output,
+        layers=layers,
+        loss_name=rule.name,
+        reduction=rule.reduction,
+        target=y,
+    )
     # backward: δ_i = dL/da_i ⊙ σ_i'(z_i); dL/da_{i−1} = δ_i·W_i
     grad_a = rule.gradient(output, y)
     for index in range(len(chain.steps) - 1, -1, -1):

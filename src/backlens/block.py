@@ -36,17 +36,25 @@ class Block:
         listing = ", ".join(names)
         for argument, name in (("start", self.start), ("end", self.end)):
             if name not in names:
-                raise fail(argument, f"a module of the model, in execution order: {listing}", repr(name),
-                           "pick names from that list")
+                raise fail(
+                    argument,
+                    f"a module of the model, in execution order: {listing}",
+                    repr(name),
+                    "pick names from that list",
+                )
         if names.index(self.start) > names.index(self.end):
-            raise fail("start, end", f"start before end in execution order ({listing})",
-                       f"start={self.start!r} after end={self.end!r}", "swap them")
+            raise fail(
+                "start, end",
+                f"start before end in execution order ({listing})",
+                f"start={self.start!r} after end={self.end!r}",
+                "swap them",
+            )
 
     @property
     def names(self) -> list[str]:
         """The block's module names, in order."""
         names = _leaf_names(self.model)
-        return names[names.index(self.start): names.index(self.end) + 1]
+        return names[names.index(self.start) : names.index(self.end) + 1]
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -68,16 +76,24 @@ class Block:
     def in_features(self) -> int:
         first = self.modules[0]
         if not isinstance(first, nn.Linear):
-            raise fail("block", "a block that starts with nn.Linear to read its width",
-                       type(first).__name__, "read the width from collected data instead")
+            raise fail(
+                "block",
+                "a block that starts with nn.Linear to read its width",
+                type(first).__name__,
+                "read the width from collected data instead",
+            )
         return first.in_features
 
     @property
     def out_features(self) -> int:
         last = [m for m in self.modules if isinstance(m, nn.Linear)]
         if not last:
-            raise fail("block", "a block containing nn.Linear to read its width", "none",
-                       "read the width from collected data instead")
+            raise fail(
+                "block",
+                "a block containing nn.Linear to read its width",
+                "none",
+                "read the width from collected data instead",
+            )
         return last[-1].out_features
 
     @classmethod
@@ -88,8 +104,12 @@ class Block:
         names = _leaf_names(model)
         linears = [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]
         if len(linears) < size:
-            raise fail("size", f"at most the number of Linear layers ({len(linears)})", size,
-                       "pick a smaller window")
+            raise fail(
+                "size",
+                f"at most the number of Linear layers ({len(linears)})",
+                size,
+                "pick a smaller window",
+            )
         return [cls(model, linears[i], linears[i + size - 1]) for i in range(len(linears) - size + 1)]
 
     @classmethod
@@ -100,8 +120,12 @@ class Block:
         blocks = []
         for part in text.split(","):
             if ":" not in part:
-                raise fail("--blocks", "'all' or start:end module names like 0:2", repr(part),
-                           "write the first and last module of each block, joined by ':'")
+                raise fail(
+                    "--blocks",
+                    "'all' or start:end module names like 0:2",
+                    repr(part),
+                    "write the first and last module of each block, joined by ':'",
+                )
             start, end = part.split(":", 1)
             blocks.append(cls(model, start.strip(), end.strip()))
         return blocks

@@ -62,8 +62,14 @@ class CheckRow:
         return self.max_rel <= self.tol  # False for NaN
 
 
-def compare(layer: str, quantity: str, oracle: str, hand: torch.Tensor | None,
-            ref: torch.Tensor | None, tol: float) -> CheckRow:
+def compare(
+    layer: str,
+    quantity: str,
+    oracle: str,
+    hand: torch.Tensor | None,
+    ref: torch.Tensor | None,
+    tol: float,
+) -> CheckRow:
     """Max abs error, and max abs error relative to the reference's largest entry (inf: missing)."""
     if hand is None or ref is None or hand.shape != ref.shape:
         return CheckRow(layer, quantity, oracle, float("inf"), float("inf"), tol)
@@ -96,16 +102,23 @@ class Report:
     def __rich__(self) -> Table:
         dtype = str(self.dtype).replace("torch.", "")
         table = Table(
-            title="hand backprop vs autograd, trace, torch.func: "
-            f"{self.loss} ({self.reduction}), {dtype}",
+            title=f"hand backprop vs autograd, trace, torch.func: {self.loss} ({self.reduction}), {dtype}",
             caption="rel = max|hand − ref| / max|ref|; tol: float64 1e-10, float32 1e-4. trace: "
-            "a = input, z = output, δ = grad_output. per sample: share of the batch gradient")
+            "a = input, z = output, δ = grad_output. per sample: share of the batch gradient",
+        )
         for column in ("layer", "quantity", "against", "abs err", "rel err", "tol", "ok"):
             right = "err" in column or column == "tol"
             table.add_column(column, justify="right" if right else "left")
         for r in self.rows:
-            table.add_row(r.layer, r.quantity, r.oracle, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
-                          f"{r.tol:.0e}", "[green]pass" if r.ok else "[red]FAIL")
+            table.add_row(
+                r.layer,
+                r.quantity,
+                r.oracle,
+                f"{r.max_abs:.2e}",
+                f"{r.max_rel:.2e}",
+                f"{r.tol:.0e}",
+                "[green]pass" if r.ok else "[red]FAIL",
+            )
         return table
 
     def __str__(self) -> str:
@@ -114,8 +127,14 @@ class Report:
         return console.export_text()
 
 
-def check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
-          reduction: str = "mean", rtol: float | None = None) -> Report:
+def check(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str = "mse",
+    reduction: str = "mean",
+    rtol: float | None = None,
+) -> Report:
     """Run the hand engine, autograd, a trace and torch.func on one batch; compare every quantity.
 
     Rows per Linear layer: a against the traced input, z against the traced output, σ'(z)
@@ -149,8 +168,9 @@ def _hook_free_copy(model: nn.Module) -> nn.Module:
     return twin
 
 
-def _against_autograd(model: nn.Module, chain: Chain, tape: Tape, x: torch.Tensor,
-                      target: torch.Tensor, tol: float) -> list[CheckRow]:
+def _against_autograd(
+    model: nn.Module, chain: Chain, tape: Tape, x: torch.Tensor, target: torch.Tensor, tol: float
+) -> list[CheckRow]:
     twin = _hook_free_copy(model)
     names = [step.name for step in chain.steps]
     with torch.enable_grad(), trace(twin, select=names, store="cpu") as rec:
@@ -166,14 +186,23 @@ def _against_autograd(model: nn.Module, chain: Chain, tape: Tape, x: torch.Tenso
         rows.append(compare(step.name, "z (output)", "trace", layer.z, record.output, tol))
         if layer.act_derivative is not None:
             reference = _local_derivative(twin, step.act_names, layer.z)
-            rows.append(compare(step.name, f"σ'(z) {layer.activation}", "autograd",
-                                layer.act_derivative, reference, tol))
+            rows.append(
+                compare(
+                    step.name,
+                    f"σ'(z) {layer.activation}",
+                    "autograd",
+                    layer.act_derivative,
+                    reference,
+                    tol,
+                )
+            )
         rows.append(compare(step.name, "δ = dL/dz", "trace", layer.delta, record.grad_output, tol))
         for kind in ("weight", "bias"):
             key = f"{step.name}.{kind}"
             if key in tape.grads:
-                rows.append(compare(step.name, SYMBOLS[kind], ".grad", tape.grads[key],
-                                    params[key].grad, tol))
+                rows.append(
+                    compare(step.name, SYMBOLS[kind], ".grad", tape.grads[key], params[key].grad, tol)
+                )
     return rows
 
 
@@ -188,8 +217,9 @@ def _local_derivative(twin: nn.Module, act_names: tuple[str, ...], z: torch.Tens
     return derivative if derivative is not None else torch.zeros_like(z)
 
 
-def _against_torch_func(model: nn.Module, tape: Tape, x: torch.Tensor, target: torch.Tensor,
-                        tol: float) -> list[CheckRow]:
+def _against_torch_func(
+    model: nn.Module, tape: Tape, x: torch.Tensor, target: torch.Tensor, tol: float
+) -> list[CheckRow]:
     from torch.func import functional_call, grad, vmap
 
     twin = _hook_free_copy(model)  # vmap fails on modules carrying backward hooks
@@ -205,7 +235,14 @@ def _against_torch_func(model: nn.Module, tape: Tape, x: torch.Tensor, target: t
     rows = []
     for key, hand in tape.per_sample_grads.items():
         layer, kind = key.rsplit(".", 1)
-        rows.append(compare(layer, f"{SYMBOLS[kind]} per sample", "torch.func", hand,
-                            per_sample[key] * scale, tol))
+        rows.append(
+            compare(
+                layer,
+                f"{SYMBOLS[kind]} per sample",
+                "torch.func",
+                hand,
+                per_sample[key] * scale,
+                tol,
+            )
+        )
     return rows
-

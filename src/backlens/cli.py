@@ -11,8 +11,12 @@ from rich.console import Console
 
 from .errors import BacklensError
 
-app = typer.Typer(help="See what backpropagation does inside a PyTorch network.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="See what backpropagation does inside a PyTorch network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 # Wide enough for the result tables when output goes to a file or pipe.
 console = Console(width=None if sys.stdout.isatty() else 130)
 
@@ -43,9 +47,7 @@ def demo(
 
 
 # Commands kept in their own modules register themselves on `app` when imported.
-from . import cli_abstract  # noqa: E402,F401
-from . import cli_check  # noqa: E402,F401
-from . import cli_trace  # noqa: E402,F401
+from . import cli_abstract, cli_check, cli_trace  # noqa: E402,F401
 
 
 def main() -> None:

@@ -31,8 +31,12 @@ def target_for(data: Dataset, loss: str, y: torch.Tensor) -> torch.Tensor:
             return y
         return torch.nn.functional.one_hot(y, data.n_outputs).to(data.x.dtype)
     if loss != "mse":
-        raise fail("--loss", f"mse for the regression set {data.name!r} (ce needs class labels, "
-                   "bce targets in [0, 1])", repr(loss), "use --loss mse")
+        raise fail(
+            "--loss",
+            f"mse for the regression set {data.name!r} (ce needs class labels, bce targets in [0, 1])",
+            repr(loss),
+            "use --loss mse",
+        )
     return y
 
 
@@ -41,16 +45,29 @@ def batch_of(data: Dataset, batch_size: int, seed: int) -> tuple[torch.Tensor, t
     check_positive_int("--batch-size", batch_size)
     n = len(data.x)
     if batch_size > n:
-        raise fail("--batch-size", f"at most {n}, the size of {data.name!r}", batch_size,
-                   f"use --batch-size {n}")
+        raise fail(
+            "--batch-size",
+            f"at most {n}, the size of {data.name!r}",
+            batch_size,
+            f"use --batch-size {n}",
+        )
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:batch_size]
     return data.x[rows], data.y[rows]
 
 
-def check_dataset(data: str = "seed", layers: str | None = None, activation: str = "relu",
-                  loss: str | None = None, reduction: str = "mean", dtype: str = "float32",
-                  batch_size: int = 32, seed: int = 0, bias: bool = True,
-                  target: str | None = None, console: Console | None = None) -> Report:
+def check_dataset(
+    data: str = "seed",
+    layers: str | None = None,
+    activation: str = "relu",
+    loss: str | None = None,
+    reduction: str = "mean",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    seed: int = 0,
+    bias: bool = True,
+    target: str | None = None,
+    console: Console | None = None,
+) -> Report:
     """Build a seeded MLP for a dataset, check hand backprop on one batch, print the table."""
     check_choice("--dtype", dtype, list(DTYPES))
     check_choice("--activation", activation, list(ACTIVATIONS))
@@ -58,8 +75,11 @@ def check_dataset(data: str = "seed", layers: str | None = None, activation: str
     dataset = load_dataset(data, dtype=DTYPES[dtype], seed=seed, target=target)
     loss = loss or ("ce" if dataset.task == "classification" else "mse")
     check_choice("--loss", loss, list(LOSS_NAMES))
-    widths = (parse_widths(layers) if layers else
-              [dataset.n_features, *DEFAULT_HIDDEN.get(dataset.name, [32]), dataset.n_outputs])
+    widths = (
+        parse_widths(layers)
+        if layers
+        else [dataset.n_features, *DEFAULT_HIDDEN.get(dataset.name, [32]), dataset.n_outputs]
+    )
     dataset.check_widths(widths)
     x, y = batch_of(dataset, batch_size, seed)
     y = target_for(dataset, loss, y)
@@ -67,14 +87,19 @@ def check_dataset(data: str = "seed", layers: str | None = None, activation: str
     report = check(model, x, y, loss=loss, reduction=reduction)
     if console is not None:
         note = " (one-hot targets)" if dataset.task == "classification" and loss != "ce" else ""
-        console.print(f"data {dataset.name}: batch of {len(x)} (seed {seed}); model "
-                      f"{'-'.join(map(str, widths))} {activation}{'' if bias else ' no bias'}; "
-                      f"loss {loss}{note} ({reduction}); {dtype}")
+        console.print(
+            f"data {dataset.name}: batch of {len(x)} (seed {seed}); model "
+            f"{'-'.join(map(str, widths))} {activation}{'' if bias else ' no bias'}; "
+            f"loss {loss}{note} ({reduction}); {dtype}"
+        )
         console.print(report)
         bad = report.failures
-        console.print(f"[green]all {len(report.rows)} quantities within tolerance" if not bad else
-                      f"[red]{len(bad)} of {len(report.rows)} quantities outside tolerance: "
-                      + ", ".join(f"{r.layer} {r.quantity}" for r in bad))
+        console.print(
+            f"[green]all {len(report.rows)} quantities within tolerance"
+            if not bad
+            else f"[red]{len(bad)} of {len(report.rows)} quantities outside tolerance: "
+            + ", ".join(f"{r.layer} {r.quantity}" for r in bad)
+        )
     return report
 
 
@@ -92,8 +117,19 @@ def check_command(
     bias: Annotated[bool, typer.Option(help="Linear layers with bias")] = True,
 ) -> None:
     """Check hand backprop against autograd, the trace and torch.func; exit 1 on any mismatch."""
-    report = run_or_exit(check_dataset, data=data, layers=layers, activation=activation,
-                         loss=loss, reduction=reduction, dtype=dtype, batch_size=batch_size,
-                         seed=seed, bias=bias, target=target, console=console)
+    report = run_or_exit(
+        check_dataset,
+        data=data,
+        layers=layers,
+        activation=activation,
+        loss=loss,
+        reduction=reduction,
+        dtype=dtype,
+        batch_size=batch_size,
+        seed=seed,
+        bias=bias,
+        target=target,
+        console=console,
+    )
     if not report.ok:
         raise typer.Exit(1)

@@ -47,15 +47,11 @@ def trace_step(
             batch_size,
             f"use --batch-size {len(dataset.x)}",
         )
-    rows = torch.randperm(len(dataset.x), generator=torch.Generator().manual_seed(seed))[
-        :batch_size
-    ]
+    rows = torch.randperm(len(dataset.x), generator=torch.Generator().manual_seed(seed))[:batch_size]
     x, y = dataset.x[rows], dataset.y[rows]
     model = build_mlp(widths, activation, seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss_fn = (
-        nn.functional.cross_entropy if dataset.task == "classification" else nn.functional.mse_loss
-    )
+    loss_fn = nn.functional.cross_entropy if dataset.task == "classification" else nn.functional.mse_loss
     with trace(model) as rec:
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -78,12 +74,8 @@ def trace_step(
 
 @app.command("trace")
 def trace_command(
-    data: Annotated[
-        str, typer.Option(help="Dataset: seed (the notebook's) or digits (sklearn).")
-    ] = "seed",
-    layers: Annotated[
-        str | None, typer.Option(help="Widths, e.g. 3,2,2,1 (default per dataset).")
-    ] = None,
+    data: Annotated[str, typer.Option(help="Dataset: seed (the notebook's) or digits (sklearn).")] = "seed",
+    layers: Annotated[str | None, typer.Option(help="Widths, e.g. 3,2,2,1 (default per dataset).")] = None,
     activation: Annotated[str, typer.Option(help="Activation between the Linear layers.")] = "relu",
     batch_size: Annotated[int, typer.Option(help="Samples in the traced batch.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed for the model and the batch.")] = 0,

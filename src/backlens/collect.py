@@ -7,7 +7,7 @@ flattened over leading dimensions, so (batch, sequence, features) works too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 
 import torch
@@ -67,13 +67,25 @@ class Collection:
     n_samples: int
 
 
+def _pair(columns: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = columns
+    return x, y
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
 def collect(
-    model: nn.Module, block: Block, loader: Iterable, direction: str = "both", loss: str | Callable = "mse",
-    max_inputs: int = 2048, max_pairs: int = 2048, seed: int = 0, show_progress: bool = True,
+    model: nn.Module,
+    block: Block,
+    loader: Iterable,
+    direction: str = "both",
+    loss: str | Callable = "mse",
+    max_inputs: int = 2048,
+    max_pairs: int = 2048,
+    seed: int = 0,
+    show_progress: bool = True,
 ) -> Collection:
     """Run `model` over `loader` and stream `block`'s boundary pairs into float64 Moments.
 
@@ -83,7 +95,12 @@ def collect(
     """
     check_module("model", model)
     if not isinstance(block, Block) or block.model is not model:
-        raise fail("block", "a backlens.Block of this model", type(block).__name__, "build it with Block(model, start, end)")
+        raise fail(
+            "block",
+            "a backlens.Block of this model",
+            type(block).__name__,
+            "build it with Block(model, start, end)",
+        )
     check_choice("direction", direction, DIRECTIONS)
     loss_fn = task_loss(loss) if isinstance(loss, str) else loss
     want_forward = direction in ("forward", "both")
@@ -92,7 +109,7 @@ def collect(
     inputs = Reservoir(max_inputs, seed)
     pair_samples = {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate(("forward", "backward"))}
     widths: dict[str, tuple[int, int]] = {}
-    total = len(loader) if hasattr(loader, "__len__") else None
+    total = len(loader) if isinstance(loader, Sized) else None
     n_samples = 0
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(f"collecting {block.label}", total=total)
@@ -101,11 +118,11 @@ def collect(
             a_in, a_out = _flat(a_in), _flat(a_out)
             if forward is None and want_forward:
                 forward = Moments(a_in.shape[1], a_out.shape[1])
-            if want_forward:
+            if forward is not None:
                 forward.update(a_in, a_out)
                 pair_samples["forward"].add(a_in, a_out)
                 widths["forward"] = (a_in.shape[1], a_out.shape[1])
-            if want_backward:
+            if want_backward and g_out is not None and g_in is not None:
                 g_out, g_in = _flat(g_out), _flat(g_in)
                 if backward is None:
                     backward = Moments(g_out.shape[1], g_in.shape[1])
@@ -118,13 +135,23 @@ def collect(
     if n_samples == 0:
         raise fail("loader", "at least one batch", "an empty loader", "pass data to collect from")
     return Collection(
-        block, forward, backward, inputs.columns([a_in.shape[1]])[0],
-        {d: pair_samples[d].columns(widths[d]) for d in widths}, n_samples,  # type: ignore[misc]
+        block,
+        forward,
+        backward,
+        inputs.columns([a_in.shape[1]])[0],
+        {d: _pair(pair_samples[d].columns(widths[d])) for d in widths},
+        n_samples,
     )
 
 
-def _boundaries(model: nn.Module, block: Block, xb: torch.Tensor, yb: torch.Tensor, loss_fn: Callable,
-                backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _boundaries(
+    model: nn.Module,
+    block: Block,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    loss_fn: Callable,
+    backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     names = list(dict.fromkeys([block.start, block.end]))
     # The input must require grad so a block starting at the first layer still gets its grad_input.
     x = xb.detach().clone().requires_grad_(backward)
@@ -140,8 +167,17 @@ def _boundaries(model: nn.Module, block: Block, xb: torch.Tensor, yb: torch.Tens
         a_in, a_out = start.input, end.output
         g_out, g_in = (end.grad_output, start.grad_input) if backward else (None, None)
     except BacklensError as error:
-        raise fail("block", "modules called once per forward pass", str(error), "pick a block of single-call modules") from None
+        raise fail(
+            "block",
+            "modules called once per forward pass",
+            str(error),
+            "pick a block of single-call modules",
+        ) from None
     if a_in is None or a_out is None or (backward and (g_out is None or g_in is None)):
-        raise fail("block", "tensor activations and gradients at both boundaries", f"None at {block.label}",
-                   "pick a block whose modules take and return tensors")
+        raise fail(
+            "block",
+            "tensor activations and gradients at both boundaries",
+            f"None at {block.label}",
+            "pick a block whose modules take and return tensors",
+        )
     return a_in.detach(), a_out.detach(), g_out, g_in

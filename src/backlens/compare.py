@@ -54,7 +54,12 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
         base = name.split(":")[0]
         if base == "reduced-rank":
             if not name.partition(":")[2].isdigit() or int(name.partition(":")[2]) < 1:
-                raise fail("methods", "reduced-rank:R with a positive rank R", repr(name), "write e.g. reduced-rank:8")
+                raise fail(
+                    "methods",
+                    "reduced-rank:R with a positive rank R",
+                    repr(name),
+                    "write e.g. reduced-rank:8",
+                )
         else:
             check_choice("methods", name, [m for m in METHODS if m != "reduced-rank:R"] + ["reduced-rank:R"])
     return names
@@ -63,6 +68,13 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
 def fit_method(method: str, block: Block, collection: Collection, direction: str) -> LinearMap:
     """Fit one method from a training Collection for one direction."""
     moments = collection.forward if direction == "forward" else collection.backward
+    if moments is None:
+        raise fail(
+            "direction",
+            "a direction the collection holds",
+            direction,
+            "collect with direction='both' or the one you fit",
+        )
     # A backward map is linear in the gradient (zero in, zero out): no intercept. Fitted with
     # one, near-zero gradients of well-fit samples come back as the bias, pointing anywhere.
     intercept = direction == "forward"
@@ -71,8 +83,12 @@ def fit_method(method: str, block: Block, collection: Collection, direction: str
     if method.startswith("reduced-rank"):
         return reduced_rank(moments, rank=int(method.split(":")[1]), alpha="gcv", intercept=intercept)
     if method in CHAIN_ONLY and not block.is_linear_chain():
-        raise fail("methods", "mean-jacobian or ridge for a block that is not a Linear/activation chain",
-                   f"{method} for block {block.label}", "drop that method for this block")
+        raise fail(
+            "methods",
+            "mean-jacobian or ridge for a block that is not a Linear/activation chain",
+            f"{method} for block {block.label}",
+            "drop that method for this block",
+        )
     layers = block.layers()
     if method == "expected-mask":
         return expected_mask(layers, collection.inputs, direction=direction)
@@ -83,8 +99,12 @@ def fit_method(method: str, block: Block, collection: Collection, direction: str
     if method == "identity":
         d_in, d_out = collection.inputs.shape[1], _out_width(collection)
         if d_in != d_out:
-            raise fail("methods", "identity only for a block whose input and output widths match",
-                       f"{d_in} → {d_out}", "drop identity for this block")
+            raise fail(
+                "methods",
+                "identity only for a block whose input and output widths match",
+                f"{d_in} → {d_out}",
+                "drop identity for this block",
+            )
         return identity(d_in)
     raise fail("methods", "one of " + ", ".join(METHODS), repr(method), "pick a listed method")
 
@@ -104,10 +124,22 @@ def _scores(lm: LinearMap, collection: Collection, direction: str) -> tuple[floa
 
 
 def compare(
-    model: nn.Module, block: Block, train_loader: Iterable, test_loader: Iterable,
-    methods: Sequence[str] = ("ridge", "expected-mask", "mean-jacobian", "weights-only", "identity"),
-    direction: str = "both", loss: str = "mse", show_progress: bool = False,
-    train: Collection | None = None, test: Collection | None = None,
+    model: nn.Module,
+    block: Block,
+    train_loader: Iterable,
+    test_loader: Iterable,
+    methods: Sequence[str] = (
+        "ridge",
+        "expected-mask",
+        "mean-jacobian",
+        "weights-only",
+        "identity",
+    ),
+    direction: str = "both",
+    loss: str = "mse",
+    show_progress: bool = False,
+    train: Collection | None = None,
+    test: Collection | None = None,
 ) -> list[CompareRow]:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
@@ -125,8 +157,18 @@ def compare(
     metric: Callable = inuse.accuracy if loss == "ce" else inuse.mse
     rows: list[CompareRow] = []
     if "forward" in directions:
-        rows.append(CompareRow(block.label, "intact", "forward", test_rel_error=0.0, test_r2=1.0, test_cosine=1.0,
-                               in_use=inuse.forward_metric(block, None, test_loader, metric), in_use_metric=metric_name))
+        rows.append(
+            CompareRow(
+                block.label,
+                "intact",
+                "forward",
+                test_rel_error=0.0,
+                test_r2=1.0,
+                test_cosine=1.0,
+                in_use=inuse.forward_metric(block, None, test_loader, metric),
+                in_use_metric=metric_name,
+            )
+        )
     fitted: dict[tuple[str, str], LinearMap] = {}
     for method in methods:
         for d in directions:
@@ -142,23 +184,33 @@ def compare(
             row.train_rel_error, row.train_r2, row.train_cosine = _scores(lm, train, d)
             row.info = {k: v for k, v in lm.info.items() if isinstance(v, (int, float, str, type(None)))}
             if d == "forward":
-                row.in_use, row.in_use_metric = inuse.forward_metric(block, lm, test_loader, metric), metric_name
+                row.in_use, row.in_use_metric = (
+                    inuse.forward_metric(block, lm, test_loader, metric),
+                    metric_name,
+                )
             else:
-                row.in_use, row.in_use_metric = inuse.backward_cosine(block, lm, test_loader, loss_fn), "grad cosine"
+                row.in_use, row.in_use_metric = (
+                    inuse.backward_cosine(block, lm, test_loader, loss_fn),
+                    "grad cosine",
+                )
             rows.append(row)
     for row in rows:
         pair = (fitted.get((row.method, "forward")), fitted.get((row.method, "backward")))
         if pair[0] is not None and pair[1] is not None:
             forward_matrix = pair[0].matrix.double()
-            row.consistency = float((pair[1].matrix.double() - forward_matrix.T).norm() / forward_matrix.norm().clamp_min(1e-300))
+            row.consistency = float(
+                (pair[1].matrix.double() - forward_matrix.T).norm() / forward_matrix.norm().clamp_min(1e-300)
+            )
     return rows
 
 
-def fitted_maps(block: Block, collection: Collection, methods: Sequence[str], direction: str) -> dict[str, LinearMap]:
+def fitted_maps(
+    block: Block, collection: Collection, methods: Sequence[str], direction: str
+) -> dict[str, LinearMap]:
     """The maps compare() fits, keyed 'method/direction', skipping those that do not apply."""
     out = {}
     for method in parse_methods(methods):
-        for d in (["forward", "backward"] if direction == "both" else [direction]):
+        for d in ["forward", "backward"] if direction == "both" else [direction]:
             try:
                 out[f"{method}/{d}"] = fit_method(method, block, collection, d)
             except BacklensError:  # compare() reports why; here only what exists is saved

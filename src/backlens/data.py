@@ -17,7 +17,9 @@ def seed_target(x: torch.Tensor) -> torch.Tensor:
     return (x[:, 0] * (torch.cos(x[:, 1]) + torch.exp(x[:, 1] / 3)) + x[:, 2]) / 10
 
 
-def seed_regression(n: int = 128, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def seed_regression(
+    n: int = 128, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The notebook's data: x = randint(-10, 10, (n, 3)) as floats, y of shape (n,)."""
     check_positive_int("n", n)
     if not isinstance(seed, int):
@@ -37,7 +39,9 @@ def seed_loader(
             "x, y",
             "two tensors with the same number of rows",
             f"{type(x).__name__} and {type(y).__name__}"
-            + (f" with {len(x)} and {len(y)} rows" if hasattr(x, "__len__") and hasattr(y, "__len__") else ""),
+            + (
+                f" with {len(x)} and {len(y)} rows" if hasattr(x, "__len__") and hasattr(y, "__len__") else ""
+            ),
             "pass the features and targets of the same samples",
         )
     generator = torch.Generator().manual_seed(seed)

@@ -41,9 +41,13 @@ class Dataset:
         """Raise unless the first width is the feature count and the last the output count."""
         if widths[0] != self.n_features or widths[-1] != self.n_outputs:
             fixed = [self.n_features, *widths[1:-1], self.n_outputs]
-            raise fail("--layers", f"first width {self.n_features} and last width {self.n_outputs} for "
-                       f"{self.name} ({self.task})", ",".join(map(str, widths)),
-                       f"use --layers {','.join(map(str, fixed))}")
+            raise fail(
+                "--layers",
+                f"first width {self.n_features} and last width {self.n_outputs} for "
+                f"{self.name} ({self.task})",
+                ",".join(map(str, widths)),
+                f"use --layers {','.join(map(str, fixed))}",
+            )
 
 
 def _standardize(x: np.ndarray) -> np.ndarray:
@@ -51,7 +55,9 @@ def _standardize(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
 
-def load_dataset(name: str, dtype: torch.dtype = torch.float32, seed: int = 0, target: str | None = None) -> Dataset:
+def load_dataset(
+    name: str, dtype: torch.dtype = torch.float32, seed: int = 0, target: str | None = None
+) -> Dataset:
     """'seed', 'digits' (1797 × 64, 10 classes), 'diabetes' (442 × 10, regression), or a CSV path."""
     if name.endswith(".csv"):
         return load_csv(name, target=target, dtype=dtype)
@@ -69,10 +75,18 @@ def load_dataset(name: str, dtype: torch.dtype = torch.float32, seed: int = 0, t
 
         bunch = load_diabetes()
         target_std = _standardize(bunch.target.reshape(-1, 1))
-        return Dataset("diabetes", torch.as_tensor(_standardize(bunch.data), dtype=dtype),
-                       torch.as_tensor(target_std, dtype=dtype), "regression")
-    raise fail("data", "one of " + ", ".join(DATASET_NAMES) + " or a path ending in .csv", repr(name),
-               "pick a bundled dataset or give a CSV file")
+        return Dataset(
+            "diabetes",
+            torch.as_tensor(_standardize(bunch.data), dtype=dtype),
+            torch.as_tensor(target_std, dtype=dtype),
+            "regression",
+        )
+    raise fail(
+        "data",
+        "one of " + ", ".join(DATASET_NAMES) + " or a path ending in .csv",
+        repr(name),
+        "pick a bundled dataset or give a CSV file",
+    )
 
 
 def load_csv(path: str | Path, target: str | None, dtype: torch.dtype = torch.float32) -> Dataset:
@@ -87,32 +101,63 @@ def load_csv(path: str | Path, target: str | None, dtype: torch.dtype = torch.fl
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if len(rows) < 2:
-        raise fail("data", "a CSV with a header row and at least one data row", f"{len(rows)} rows", "add data")
+        raise fail(
+            "data",
+            "a CSV with a header row and at least one data row",
+            f"{len(rows)} rows",
+            "add data",
+        )
     header, body = [h.strip() for h in rows[0]], rows[1:]
     if target is None or target not in header:
-        raise fail("--target", "a column of " + str(path.name) + " (" + ", ".join(header) + ")", repr(target),
-                   "name the column holding the labels or values to predict")
+        raise fail(
+            "--target",
+            "a column of " + str(path.name) + " (" + ", ".join(header) + ")",
+            repr(target),
+            "name the column holding the labels or values to predict",
+        )
     values = np.empty((len(body), len(header)))
     for r, row in enumerate(body, start=2):  # row numbers as a spreadsheet shows them
         if len(row) != len(header):
-            raise fail("data", f"{len(header)} fields per row", f"{len(row)} fields in row {r}", "fix that row")
+            raise fail(
+                "data",
+                f"{len(header)} fields per row",
+                f"{len(row)} fields in row {r}",
+                "fix that row",
+            )
         for c, cell in enumerate(row):
             text = cell.strip()
             if text == "" or text.lower() in ("na", "nan", "null"):
-                raise fail("data", "no missing values", f"missing value in column {header[c]!r}, row {r}",
-                           "fill or drop that row")
+                raise fail(
+                    "data",
+                    "no missing values",
+                    f"missing value in column {header[c]!r}, row {r}",
+                    "fill or drop that row",
+                )
             try:
                 values[r - 2, c] = float(text)
             except ValueError:
-                raise fail("data", "numeric columns", f"{text!r} in column {header[c]!r}, row {r}",
-                           "encode it as a number or drop the column") from None
+                raise fail(
+                    "data",
+                    "numeric columns",
+                    f"{text!r} in column {header[c]!r}, row {r}",
+                    "encode it as a number or drop the column",
+                ) from None
     t = header.index(target)
     x = np.delete(values, t, axis=1)
     y = values[:, t]
     labels = np.unique(y)
     if np.all(y == np.round(y)) and len(labels) <= MAX_CLASSES:
         classes = np.searchsorted(labels, y)
-        return Dataset(path.stem, torch.as_tensor(_standardize(x), dtype=dtype),
-                       torch.as_tensor(classes, dtype=torch.int64), "classification", len(labels))
-    return Dataset(path.stem, torch.as_tensor(_standardize(x), dtype=dtype),
-                   torch.as_tensor(_standardize(y.reshape(-1, 1)), dtype=dtype), "regression")
+        return Dataset(
+            path.stem,
+            torch.as_tensor(_standardize(x), dtype=dtype),
+            torch.as_tensor(classes, dtype=torch.int64),
+            "classification",
+            len(labels),
+        )
+    return Dataset(
+        path.stem,
+        torch.as_tensor(_standardize(x), dtype=dtype),
+        torch.as_tensor(_standardize(y.reshape(-1, 1)), dtype=dtype),
+        "regression",
+    )

@@ -37,7 +37,9 @@ def section(console: Console, letter: str, title: str) -> None:
     console.rule(f"[bold]{letter}. {title}")
 
 
-def show_data(console: Console, x: torch.Tensor, y: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def show_data(
+    console: Console, x: torch.Tensor, y: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     section(console, "a", "Data: x = randint(-10, 10, (128, 3)), y = (x0·(cos x1 + exp(x1/3)) + x2)/10")
     console.print(f"x: {tuple(x.shape)}, y: {tuple(y.shape)}; first rows:")
     console.print(fmt(x[:4]), fmt(y[:4]))
@@ -58,7 +60,9 @@ def show_trace(console: Console, model: nn.Module, xb: torch.Tensor, yb: torch.T
         for field in ("input", "output", "grad_output", "grad_input"):
             table.add_row(field, fmt(getattr(record, field)))
         console.print(table)
-        result["layers"][record.name] = {f: getattr(record, f) for f in ("input", "output", "grad_output", "grad_input")}
+        result["layers"][record.name] = {
+            f: getattr(record, f) for f in ("input", "output", "grad_output", "grad_input")
+        }
     console.print(f"y_hat = {fmt(out.squeeze(1))}, y = {fmt(yb)}, MSE loss = {loss.item():.2f}")
     console.print("grad_input of the first layer is None: x does not require grad, as in the notebook.")
     return result
@@ -86,10 +90,22 @@ def show_hand(console: Console, model: nn.Module, xb: torch.Tensor, yb: torch.Te
     console.print("[green]all hand quantities match" if report.ok else "[red]mismatch found")
     return {
         "ok": report.ok,
-        "rows": [dict(layer=r.layer, quantity=r.quantity, oracle=r.oracle, max_abs=r.max_abs,
-                      max_rel=r.max_rel, tol=r.tol, ok=r.ok) for r in report.rows],
-        "tape": {layer.name: {"z": layer.z, "mask": layer.act_derivative, "delta": layer.delta}
-                 for layer in tape.layers},
+        "rows": [
+            dict(
+                layer=r.layer,
+                quantity=r.quantity,
+                oracle=r.oracle,
+                max_abs=r.max_abs,
+                max_rel=r.max_rel,
+                tol=r.tol,
+                ok=r.ok,
+            )
+            for r in report.rows
+        ],
+        "tape": {
+            layer.name: {"z": layer.z, "mask": layer.act_derivative, "delta": layer.delta}
+            for layer in tape.layers
+        },
         "grads": tape.grads,
     }
 
@@ -97,23 +113,37 @@ def show_hand(console: Console, model: nn.Module, xb: torch.Tensor, yb: torch.Te
 def show_abstraction(console: Console, seed: int) -> list[dict]:
     section(console, "d", "Abstraction Experiment: Gp = ((G·W) ⊙ R)·W2, b=128, d_in=512, hidden=256")
     results = []
-    for kind, label in (("uniform", "notebook's rand(): all positive"), ("normal", "zero-mean normal")):
+    for kind, label in (
+        ("uniform", "notebook's rand(): all positive"),
+        ("normal", "zero-mean normal"),
+    ):
         result = notebook.abstraction_experiment(kind=kind, seed=seed)
         results.append(result)
-        table = Table(title=f"{label} data — fit on b={result['b']}, held-out on {result['n_test']} fresh samples")
+        table = Table(
+            title=f"{label} data — fit on b={result['b']}, held-out on {result['n_test']} fresh samples"
+        )
         for column in ("map", "δ", "‖Gp−GM‖ fit", "rel fit", "‖Gp−GM‖ held-out", "rel held-out"):
             table.add_column(column, justify="left" if column == "map" else "right")
         for row in result["rows"]:
             alpha = "" if row["alpha"] is None else f"{row['alpha']:.2g}"
-            table.add_row(row["method"], alpha, f"{row['train_abs']:.4g}", f"{row['train_rel']:.3g}",
-                          f"{row['test_abs']:.4g}", f"{row['test_rel']:.3g}")
+            table.add_row(
+                row["method"],
+                alpha,
+                f"{row['train_abs']:.4g}",
+                f"{row['train_rel']:.3g}",
+                f"{row['test_abs']:.4g}",
+                f"{row['test_rel']:.3g}",
+            )
         console.print(table)
     console.print(f"The notebook's `Gp − G@W`: {results[0]['note']}")
-    console.print(Panel(
-        "With b < d_in the ridge fit interpolates: its residual on the fitting samples is ≈ 0, the "
-        "notebook's 0.0066. On fresh samples it is no better than the expected-mask map (all-positive "
-        "data) or far worse (zero-mean data), where a relative error ≥ 1 means worse than predicting 0.",
-        title="what the notebook's numbers hid"))
+    console.print(
+        Panel(
+            "With b < d_in the ridge fit interpolates: its residual on the fitting samples is ≈ 0, the "
+            "notebook's 0.0066. On fresh samples it is no better than the expected-mask map (all-positive "
+            "data) or far worse (zero-mean data), where a relative error ≥ 1 means worse than predicting 0.",
+            title="what the notebook's numbers hid",
+        )
+    )
     return results
 
 
@@ -133,10 +163,15 @@ def run_sweep(console: Console, seed: int, out: Path | None) -> list[dict]:
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("fitting", total=2 * len(sizes))
         for kind in ("uniform", "normal"):
-            sweeps.append(notebook.sample_size_sweep(sizes, kind=kind, seed=seed,
-                                                     progress=lambda _b: progress.advance(task)))
+            sweeps.append(
+                notebook.sample_size_sweep(
+                    sizes, kind=kind, seed=seed, progress=lambda _b: progress.advance(task)
+                )
+            )
     for sweep in sweeps:
-        table = Table(title=f"{sweep['kind']} data: relative residual, fit / held-out ({sweep['n_test']} samples)")
+        table = Table(
+            title=f"{sweep['kind']} data: relative residual, fit / held-out ({sweep['n_test']} samples)"
+        )
         table.add_column("b", justify="right")
         methods = list(dict.fromkeys(p["method"] for p in sweep["points"]))
         for method in methods:

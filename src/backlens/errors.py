@@ -70,7 +70,10 @@ def check_tensor(
             raise fail(argument, f"shape {want}", describe(value), "pass data of that shape")
     if floating and value.dtype not in FLOAT_DTYPES:
         raise fail(
-            argument, "a floating-point tensor", describe(value), "convert it with .float() or .double()"
+            argument,
+            "a floating-point tensor",
+            describe(value),
+            "convert it with .float() or .double()",
         )
     return value
 
@@ -82,7 +85,12 @@ def check_finite(argument: str, value: torch.Tensor) -> torch.Tensor:
         if bool(bad.any()):
             row = int(bad.reshape(bad.shape[0], -1).any(dim=1).nonzero()[0, 0]) if value.ndim else 0
             kind = "NaN" if bool(torch.isnan(value).any()) else "Inf"
-            raise fail(argument, "finite values", f"{kind} (first in row {row})", "clean or drop those rows")
+            raise fail(
+                argument,
+                "finite values",
+                f"{kind} (first in row {row})",
+                "clean or drop those rows",
+            )
     return value
 
 
@@ -96,7 +104,12 @@ def check_module(argument: str, value: Any) -> nn.Module:
 def check_choice(argument: str, value: Any, choices: Sequence[Any]) -> Any:
     """Return `value` if it is one of `choices`, else raise listing them."""
     if value not in choices:
-        raise fail(argument, "one of " + ", ".join(repr(c) for c in choices), repr(value), "pick one of those")
+        raise fail(
+            argument,
+            "one of " + ", ".join(repr(c) for c in choices),
+            repr(value),
+            "pick one of those",
+        )
     return value
 
 

@@ -29,8 +29,10 @@ def replaced(block: Block, lm: LinearMap) -> Iterator[None]:
     def swap_output(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
         return lm.apply(entering.pop())
 
-    handles = [model.get_submodule(block.start).register_forward_pre_hook(keep_input),
-               model.get_submodule(block.end).register_forward_hook(swap_output)]
+    handles = [
+        model.get_submodule(block.start).register_forward_pre_hook(keep_input),
+        model.get_submodule(block.end).register_forward_hook(swap_output),
+    ]
     try:
         yield
     finally:
@@ -39,7 +41,12 @@ def replaced(block: Block, lm: LinearMap) -> Iterator[None]:
 
 
 @torch.no_grad()
-def forward_metric(block: Block, lm: LinearMap | None, loader: Iterable, metric: Callable[[torch.Tensor, torch.Tensor], float]) -> float:
+def forward_metric(
+    block: Block,
+    lm: LinearMap | None,
+    loader: Iterable,
+    metric: Callable[[torch.Tensor, torch.Tensor], float],
+) -> float:
     """Mean of `metric(output, y)` per sample over the loader, the block replaced by `lm` (None: intact)."""
     total, count = 0.0, 0
     for xb, yb in loader:
@@ -72,9 +79,11 @@ def backward_cosine(block: Block, lm: LinearMap, loader: Iterable, loss_fn: Call
         captured: dict[str, torch.Tensor] = {}
         handles = [
             model.get_submodule(block.start).register_forward_pre_hook(
-                lambda m, inputs: captured.__setitem__("in", inputs[0])),
+                lambda m, inputs, store=captured: store.__setitem__("in", inputs[0])
+            ),
             model.get_submodule(block.end).register_forward_hook(
-                lambda m, inputs, output: captured.__setitem__("out", output)),
+                lambda m, inputs, output, store=captured: store.__setitem__("out", output)
+            ),
         ]
         try:
             value = loss_fn(model(xb), yb)

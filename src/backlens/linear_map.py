@@ -73,9 +73,7 @@ class LinearMap:
         """X·M + b for X (..., d_in), computed in the map's precision, returned in X's dtype."""
         check_tensor("X", X, floating=True)
         if X.ndim < 1 or X.shape[-1] != self.d_in:
-            raise fail(
-                "X", f"shape (..., {self.d_in})", describe(X), "pass rows the map was fitted on"
-            )
+            raise fail("X", f"shape (..., {self.d_in})", describe(X), "pass rows the map was fitted on")
         M = self._matrix.to(X.device)
         out = X.to(M.dtype) @ M + self._bias.to(X.device)
         return out.to(X.dtype)
@@ -109,7 +107,5 @@ class LinearMap:
         return cls(tensors["matrix"], tensors["bias"], meta["method"], meta.get("info") or {})
 
     def __repr__(self) -> str:
-        extra = "".join(
-            f", {k}={self.info[k]!r}" for k in ("direction", "alpha", "rank") if k in self.info
-        )
+        extra = "".join(f", {k}={self.info[k]!r}" for k in ("direction", "alpha", "rank") if k in self.info)
         return f"LinearMap(method={self.method!r}, d_in={self.d_in}, d_out={self.d_out}{extra})"

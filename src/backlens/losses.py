@@ -83,8 +83,9 @@ def bce_gradient(z: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tens
 # --- what each loss expects of y -----------------------------------------------------------------
 
 
-def _float_target(name: str, y: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype,
-                  unit_interval: bool) -> torch.Tensor:
+def _float_target(
+    name: str, y: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype, unit_interval: bool
+) -> torch.Tensor:
     n, k = shape
     if not y.is_floating_point():
         fix = "use loss='ce' for class indices, or pass y.float()"
@@ -93,12 +94,20 @@ def _float_target(name: str, y: torch.Tensor, shape: tuple[int, int], dtype: tor
         y = y.unsqueeze(1)
     if tuple(y.shape) != (n, k):
         also = f" or ({n},)" if k == 1 else ""
-        raise fail("y", f"shape ({n}, {k}){also} for loss {name!r}: one target row per sample, "
-                   "as wide as the model's output", describe(y), "pass targets matching the output")
+        raise fail(
+            "y",
+            f"shape ({n}, {k}){also} for loss {name!r}: one target row per sample, "
+            "as wide as the model's output",
+            describe(y),
+            "pass targets matching the output",
+        )
     if unit_interval and bool(((y < 0) | (y > 1)).any()):
-        raise fail("y", f"values in [0, 1] for loss {name!r} (probabilities or 0/1 labels)",
-                   f"values from {float(y.min()):g} to {float(y.max()):g}",
-                   "rescale the targets, or use loss='mse' for real-valued targets")
+        raise fail(
+            "y",
+            f"values in [0, 1] for loss {name!r} (probabilities or 0/1 labels)",
+            f"values from {float(y.min()):g} to {float(y.max()):g}",
+            "rescale the targets, or use loss='mse' for real-valued targets",
+        )
     return y.to(dtype)
 
 
@@ -106,31 +115,62 @@ def _class_target(y: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype) -
     n, k = shape
     want = f"int64 class indices of shape ({n},) with values 0..{k - 1} for loss 'ce'"
     if y.is_floating_point() or y.dtype in (torch.bool, torch.complex64, torch.complex128):
-        raise fail("y", want, describe(y),
-                   "pass labels as y.long(); for float targets use loss='mse' or 'bce'")
+        raise fail(
+            "y",
+            want,
+            describe(y),
+            "pass labels as y.long(); for float targets use loss='mse' or 'bce'",
+        )
     if tuple(y.shape) != (n,):
         column = y.ndim == 2 and y.shape[1] == 1
         fix = "pass y.squeeze(1)" if column else "pass one label per sample"
         raise fail("y", want, describe(y), fix)
     if n and (int(y.min()) < 0 or int(y.max()) >= k):
-        raise fail("y", want, f"labels from {int(y.min())} to {int(y.max())}",
-                   f"relabel the classes 0..{k - 1}, or widen the output to {int(y.max()) + 1}")
+        raise fail(
+            "y",
+            want,
+            f"labels from {int(y.min())} to {int(y.max())}",
+            f"relabel the classes 0..{k - 1}, or widen the output to {int(y.max()) + 1}",
+        )
     return y.long()
 
 
-def _rule(name: str, expects: str, value: Callable[..., torch.Tensor],
-          gradient: Callable[..., torch.Tensor], target: Callable[..., torch.Tensor],
-          reduction: str) -> LossRule:
-    return LossRule(name, reduction, expects, partial(value, reduction=reduction),
-                    partial(gradient, reduction=reduction), target)
+def _rule(
+    name: str,
+    expects: str,
+    value: Callable[..., torch.Tensor],
+    gradient: Callable[..., torch.Tensor],
+    target: Callable[..., torch.Tensor],
+    reduction: str,
+) -> LossRule:
+    return LossRule(
+        name,
+        reduction,
+        expects,
+        partial(value, reduction=reduction),
+        partial(gradient, reduction=reduction),
+        target,
+    )
 
 
 LOSS_RULES: dict[str, Callable[[str], LossRule]] = {
-    "mse": partial(_rule, "mse", "float targets (n, k)", mse_value, mse_gradient,
-                   partial(_float_target, "mse", unit_interval=False)),
+    "mse": partial(
+        _rule,
+        "mse",
+        "float targets (n, k)",
+        mse_value,
+        mse_gradient,
+        partial(_float_target, "mse", unit_interval=False),
+    ),
     "ce": partial(_rule, "ce", "int64 class indices (n,)", ce_value, ce_gradient, _class_target),
-    "bce": partial(_rule, "bce", "float targets in [0, 1] (n, k)", bce_value, bce_gradient,
-                   partial(_float_target, "bce", unit_interval=True)),
+    "bce": partial(
+        _rule,
+        "bce",
+        "float targets in [0, 1] (n, k)",
+        bce_value,
+        bce_gradient,
+        partial(_float_target, "bce", unit_interval=True),
+    ),
 }
 LOSS_NAMES = tuple(LOSS_RULES)
 

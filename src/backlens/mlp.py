@@ -37,8 +37,12 @@ def build_mlp(
         or len(widths) < 2
         or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
     ):
-        raise fail("widths", "a list of at least two positive ints, e.g. [3, 2, 2, 1]", repr(widths),
-                   "give the input width, the hidden widths and the output width")
+        raise fail(
+            "widths",
+            "a list of at least two positive ints, e.g. [3, 2, 2, 1]",
+            repr(widths),
+            "give the input width, the hidden widths and the output width",
+        )
     if activation not in ACTIVATIONS:
         raise fail("activation", "one of " + ", ".join(ACTIVATIONS), repr(activation), "pick a listed name")
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -57,7 +61,9 @@ def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise fail("--layers", "comma-separated positive ints like 3,2,2,1", repr(text), "fix the list") from None
+        raise fail(
+            "--layers", "comma-separated positive ints like 3,2,2,1", repr(text), "fix the list"
+        ) from None
     if len(widths) < 2 or any(w <= 0 for w in widths):
         raise fail("--layers", "at least two positive ints like 3,2,2,1", repr(text), "fix the list")
     return widths

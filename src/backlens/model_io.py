@@ -27,7 +27,11 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Sequential, list[int], 
     model = build_mlp(meta["widths"], meta["activation"])
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise fail("model", f"tensors for an MLP {meta['widths']}", f"missing {missing}, unexpected {unexpected}",
-                   "pass an unmodified file written by `backlens abstract --out`")
+        raise fail(
+            "model",
+            f"tensors for an MLP {meta['widths']}",
+            f"missing {missing}, unexpected {unexpected}",
+            "pass an unmodified file written by `backlens abstract --out`",
+        )
     model.eval()
     return model, meta["widths"], meta["activation"]

@@ -66,9 +66,7 @@ def _raise_bad(argument: str, chunk: torch.Tensor, offset: int) -> None:
     if bool(bad.any()):
         row = int(bad.any(dim=1).nonzero()[0, 0]) + offset
         kind = "NaN" if bool(torch.isnan(chunk).any()) else "Inf"
-        raise fail(
-            argument, "finite values", f"{kind} (first in row {row})", "clean or drop those rows"
-        )
+        raise fail(argument, "finite values", f"{kind} (first in row {row})", "clean or drop those rows")
     raise fail(
         argument,
         "values whose float64 products stay finite (|x − mean| < 1e150)",

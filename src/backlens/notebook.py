@@ -31,6 +31,7 @@ DATA_KINDS = ("uniform", "normal")
 NOTEBOOK_DELTA = 1e-9
 # The data-scaled δ is this fraction of the mean eigenvalue tr(GᵀG)/d of the fitting Gram matrix.
 RELATIVE_DELTA = 1e-2
+SWEEP_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,11 @@ def _draw(rng: np.random.Generator, kind: str, shape: tuple[int, int]) -> np.nda
 def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
     """Independent generators for the block, the fitting samples and the held-out samples."""
     block, fit, held_out = np.random.SeedSequence(seed).spawn(3)
-    return (np.random.default_rng(block), np.random.default_rng(fit), np.random.default_rng(held_out))
+    return (
+        np.random.default_rng(block),
+        np.random.default_rng(fit),
+        np.random.default_rng(held_out),
+    )
 
 
 def draw_block(d_in: int, hidden: int, kind: str, rng: np.random.Generator) -> ToyBlock:
@@ -61,7 +66,9 @@ def draw_block(d_in: int, hidden: int, kind: str, rng: np.random.Generator) -> T
     return ToyBlock(_draw(rng, kind, (d_in, hidden)), _draw(rng, kind, (hidden, d_in)), kind)
 
 
-def draw_samples(block: ToyBlock, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_samples(
+    block: ToyBlock, b: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """b samples: gradients G, a random 0/1 mask R (as the notebook), and Gp = ((G·W) ⊙ R)·W2."""
     check_positive_int("b", b)
     d_in, hidden = block.W.shape
@@ -73,8 +80,12 @@ def draw_samples(block: ToyBlock, b: int, rng: np.random.Generator) -> tuple[np.
 def ridge_solve(G: np.ndarray, Gp: np.ndarray, alpha: float) -> np.ndarray:
     """M = solve(GᵀG + αI, GᵀGp) in float64, the notebook's M2."""
     if G.ndim != 2 or Gp.ndim != 2 or len(G) != len(Gp):
-        raise fail("G, Gp", "2-D arrays with the same number of rows", f"shapes {G.shape} and {Gp.shape}",
-                   "pass one row per sample in both")
+        raise fail(
+            "G, Gp",
+            "2-D arrays with the same number of rows",
+            f"shapes {G.shape} and {Gp.shape}",
+            "pass one row per sample in both",
+        )
     if not alpha >= 0:
         raise fail("alpha", "a number >= 0", repr(alpha), "pass a non-negative ridge penalty")
     G = G.astype(np.float64, copy=False)
@@ -97,8 +108,10 @@ def residuals(M: np.ndarray, G: np.ndarray, Gp: np.ndarray) -> tuple[float, floa
 def shape_mismatch_note(G: np.ndarray, block: ToyBlock, Gp: np.ndarray) -> str:
     """The notebook's `Gp − G@W` crash, explained in one line."""
     gw = (G.shape[0], block.W.shape[1])
-    return (f"G·W is {gw} but Gp is {Gp.shape}: W alone maps into the hidden layer, so it cannot stand "
-            f"in for the block; the weights-only map is W·W2 ({block.W.shape[0]} × {block.W2.shape[1]}).")
+    return (
+        f"G·W is {gw} but Gp is {Gp.shape}: W alone maps into the hidden layer, so it cannot stand "
+        f"in for the block; the weights-only map is W·W2 ({block.W.shape[0]} × {block.W2.shape[1]})."
+    )
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,9 @@ class Row:
     test_rel: float
 
 
-def _maps(G: np.ndarray, Gp: np.ndarray, R: np.ndarray, block: ToyBlock) -> Iterable[tuple[str, float | None, np.ndarray]]:
+def _maps(
+    G: np.ndarray, Gp: np.ndarray, R: np.ndarray, block: ToyBlock
+) -> Iterable[tuple[str, float | None, np.ndarray]]:
     yield "ridge δ=1e-9 (notebook)", NOTEBOOK_DELTA, ridge_solve(G, Gp, NOTEBOOK_DELTA)
     alpha = scaled_alpha(G)
     yield "ridge δ scaled to data", alpha, ridge_solve(G, Gp, alpha)
@@ -124,7 +139,11 @@ def _maps(G: np.ndarray, Gp: np.ndarray, R: np.ndarray, block: ToyBlock) -> Iter
 
 
 def abstraction_experiment(
-    b: int = 128, d_in: int = 512, hidden: int = 256, kind: str = "uniform", seed: int = 0,
+    b: int = 128,
+    d_in: int = 512,
+    hidden: int = 256,
+    kind: str = "uniform",
+    seed: int = 0,
     n_test: int | None = None,
 ) -> dict:
     """Fit each map on b samples and score it there and on n_test fresh samples (default b)."""
@@ -137,15 +156,24 @@ def abstraction_experiment(
         for method, alpha, M in _maps(G, Gp, R, block)
     ]
     return {
-        "kind": kind, "b": b, "d_in": d_in, "hidden": hidden, "n_test": n_test or b, "seed": seed,
+        "kind": kind,
+        "b": b,
+        "d_in": d_in,
+        "hidden": hidden,
+        "n_test": n_test or b,
+        "seed": seed,
         "note": shape_mismatch_note(G, block, Gp),
         "rows": [asdict(r) for r in rows],
     }
 
 
 def sample_size_sweep(
-    sizes: Iterable[int] = tuple(2**k for k in range(6, 14)), d_in: int = 512, hidden: int = 256,
-    kind: str = "normal", seed: int = 0, n_test: int = 2048,
+    sizes: Iterable[int] = SWEEP_SIZES,
+    d_in: int = 512,
+    hidden: int = 256,
+    kind: str = "normal",
+    seed: int = 0,
+    n_test: int = 2048,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Relative residual of ridge and expected-mask against the number of fitting samples."""
@@ -161,11 +189,24 @@ def sample_size_sweep(
             "expected mask": (block.W * R.mean(axis=0)) @ block.W2,
         }
         for method, M in fits.items():
-            points.append({"b": b, "method": method, "train_rel": residuals(M, G, Gp)[1],
-                           "test_rel": residuals(M, G_test, Gp_test)[1]})
+            points.append(
+                {
+                    "b": b,
+                    "method": method,
+                    "train_rel": residuals(M, G, Gp)[1],
+                    "test_rel": residuals(M, G_test, Gp_test)[1],
+                }
+            )
         if progress is not None:
             progress(b)
-    return {"kind": kind, "d_in": d_in, "hidden": hidden, "n_test": n_test, "seed": seed, "points": points}
+    return {
+        "kind": kind,
+        "d_in": d_in,
+        "hidden": hidden,
+        "n_test": n_test,
+        "seed": seed,
+        "points": points,
+    }
 
 
 # The notebook's forward toy: two 2-D points per column pattern, W = [[1, 1], [-1, -1]].
@@ -177,4 +218,11 @@ def forward_toy(W: np.ndarray = TOY_W, X: np.ndarray = TOY_X) -> dict:
     """Y = W·relu(X) fitted by M = Y·Xᵀ(XXᵀ)⁻¹ (columns are samples, as in the notebook)."""
     Y = W @ np.maximum(X, 0)
     M = np.linalg.solve(X @ X.T, X @ Y.T).T  # = Y Xᵀ (X Xᵀ)⁻¹ without forming the inverse
-    return {"W": W, "X": X, "Y": Y, "M": M, "MX": M @ X, "residual": float(np.linalg.norm(M @ X - Y))}
+    return {
+        "W": W,
+        "X": X,
+        "Y": Y,
+        "M": M,
+        "MX": M @ X,
+        "residual": float(np.linalg.norm(M @ X - Y)),
+    }

@@ -64,9 +64,7 @@ def _buffer(
             "allocate it with that shape",
         )
     if not buf.is_contiguous():
-        raise fail(
-            f"out[{key!r}]", "a contiguous tensor", "a strided view", "allocate it with torch.empty"
-        )
+        raise fail(f"out[{key!r}]", "a contiguous tensor", "a strided view", "allocate it with torch.empty")
     return buf
 
 

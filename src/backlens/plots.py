@@ -32,10 +32,23 @@ def plot_sample_size_sweep(sweeps: list[dict], path: str | os.PathLike[str]) -> 
             pts = [p for p in sweep["points"] if p["method"] == method]
             b = [p["b"] for p in pts]
             color = f"C{i}"
-            ax.plot(b, [max(p["train_rel"], 1e-16) for p in pts], "-o", color=color, label=f"{method} (fit)")
+            ax.plot(
+                b,
+                [max(p["train_rel"], 1e-16) for p in pts],
+                "-o",
+                color=color,
+                label=f"{method} (fit)",
+            )
             ax.plot(b, [p["test_rel"] for p in pts], "--s", color=color, label=f"{method} (held-out)")
         ax.axvline(sweep["d_in"], color="grey", lw=0.8, ls=":")
-        ax.annotate("b = d_in", (sweep["d_in"], 0.98), xycoords=("data", "axes fraction"), color="grey", fontsize=8, va="top")
+        ax.annotate(
+            "b = d_in",
+            (sweep["d_in"], 0.98),
+            xycoords=("data", "axes fraction"),
+            color="grey",
+            fontsize=8,
+            va="top",
+        )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("fitting samples b")

@@ -59,9 +59,7 @@ class Call:
     @property
     def grad_output(self) -> torch.Tensor | None:
         """The gradient at the first output tensor."""
-        return (
-            None if self.grad_outputs is None else _first_aligned(self.outputs, self.grad_outputs)
-        )
+        return None if self.grad_outputs is None else _first_aligned(self.outputs, self.grad_outputs)
 
 
 def _first(values: Any) -> torch.Tensor | None:
@@ -167,13 +165,10 @@ class Trace:
             )
         for record in self:
             if not record.calls:
-                table.add_row(
-                    record.name or "(model)", record.module_type, "-", *["not run"] + [""] * 3
-                )
+                table.add_row(record.name or "(model)", record.module_type, "-", *["not run"] + [""] * 3)
             for call in record.calls:
                 cells = [
-                    _cell(_first(call.output) if f == "output" else getattr(call, f), call, f)
-                    for f in FIELDS
+                    _cell(_first(call.output) if f == "output" else getattr(call, f), call, f) for f in FIELDS
                 ]
                 table.add_row(record.name or "(model)", record.module_type, str(call.index), *cells)
         return table
@@ -196,9 +191,7 @@ class Trace:
             ):
                 for k, value in enumerate(values if values is not None else (None,)):
                     console.print(
-                        f"{label}[{k}] ="
-                        if label != "output" or len(c.outputs) > 1
-                        else "output =",
+                        f"{label}[{k}] =" if label != "output" or len(c.outputs) > 1 else "output =",
                         _full(value),
                         highlight=False,
                     )
@@ -343,9 +336,7 @@ def _cell(value: Any, call: Call, what: str) -> str:
         return "no backward"
     if not isinstance(value, torch.Tensor):
         return "None"
-    count = {"input": len(tensors_in(call.inputs)), "output": len(tensors_in(call.output))}.get(
-        what, 1
-    )
+    count = {"input": len(tensors_in(call.inputs)), "output": len(tensors_in(call.output))}.get(what, 1)
     shape = "×".join(str(s) for s in value.shape) or "scalar"
     norm = (
         float(torch.linalg.vector_norm(value.detach().double()))
@@ -360,13 +351,9 @@ def _full(value: Any) -> str:
     if not isinstance(value, torch.Tensor):
         return repr(value)
     array = (
-        value.detach().cpu().double().numpy()
-        if value.is_floating_point()
-        else value.detach().cpu().numpy()
+        value.detach().cpu().double().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
     )
-    return np.array2string(
-        array, precision=4, suppress_small=True, threshold=10**9, max_line_width=120
-    )
+    return np.array2string(array, precision=4, suppress_small=True, threshold=10**9, max_line_width=120)
 
 
 def _render(renderable: Any, width: int) -> str:

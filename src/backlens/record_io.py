@@ -69,9 +69,7 @@ def save_record(record: Trace, path: str | os.PathLike[str]) -> Path:
             entry: dict[str, Any] = {"index": call.index}
             for attr, label in STORED:
                 value = getattr(call, attr)
-                entry[attr] = (
-                    None if value is None and attr.startswith("grad") else _skeleton(value)
-                )
+                entry[attr] = None if value is None and attr.startswith("grad") else _skeleton(value)
                 for k, t in enumerate(tensors_in(value)):
                     t = t.detach().cpu()
                     # one tensor can sit in two fields (a module's output is the next one's input):

@@ -177,9 +177,7 @@ def _resolve_alpha(
             )
         return value, {"alpha_source": "fixed"}, None
     if alpha not in ALPHA_RULES:
-        raise fail(
-            "alpha", "a finite number >= 0, 'gcv' or 'validation'", repr(alpha), "pass one of those"
-        )
+        raise fail("alpha", "a finite number >= 0, 'gcv' or 'validation'", repr(alpha), "pass one of those")
     rel = _grid(grid)
     alphas = rel * s.scale
     e = _eig(s)
@@ -252,9 +250,7 @@ def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict
         )
     shifted = e.lam + alpha
     keep = e.pos if alpha == 0 else shifted > 0
-    D = torch.where(
-        keep, 1.0 / shifted.where(keep, torch.ones_like(shifted)), torch.zeros_like(shifted)
-    )
+    D = torch.where(keep, 1.0 / shifted.where(keep, torch.ones_like(shifted)), torch.zeros_like(shifted))
     M = e.V @ (D[:, None] * e.Q)
     low = float(shifted.min())
     cond = float(shifted.max()) / low if low > 0 else float("inf")
@@ -338,7 +334,5 @@ def reduced_rank(
     values, U = torch.linalg.eigh(gram)  # ascending
     Ur = U[:, -r:]
     total = float(values.clamp_min(0).sum())
-    info.update(
-        {"rank": r, "retained": float(values[-r:].clamp_min(0).sum()) / total if total > 0 else 1.0}
-    )
+    info.update({"rank": r, "retained": float(values[-r:].clamp_min(0).sum()) / total if total > 0 else 1.0})
     return _map(s, M @ Ur @ Ur.T, "reduced_rank", info)

@@ -40,9 +40,7 @@ class Score:
 
 def _r2(sse: np.ndarray, sst: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
-        per = np.where(
-            sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse <= 0, 1.0, 0.0)
-        )
+        per = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse <= 0, 1.0, 0.0))
     return float(per.mean())
 
 
@@ -71,9 +69,7 @@ def _from_data(lm: LinearMap, X: Any, Y: Any) -> Score:
     X, Y = _rows("X", X, lm.d_in), _rows("Y", Y, lm.d_out)
     n = X.shape[0]
     if n != Y.shape[0]:
-        raise fail(
-            "X, Y", "the same number of rows", f"{n} and {Y.shape[0]}", "pass one Y row per X row"
-        )
+        raise fail("X, Y", "the same number of rows", f"{n} and {Y.shape[0]}", "pass one Y row per X row")
     if n == 0:
         raise fail("X", "at least one sample", "0 rows", "score on some held-out data")
     M, b = lm.matrix.double().cpu(), lm.bias.double().cpu()
@@ -110,9 +106,7 @@ def _from_moments(lm: LinearMap, m: Any) -> Score:
             "score on pairs of the map's shape",
         )
     if m.n == 0:
-        raise fail(
-            "moments", "at least one sample", "n_samples = 0", "update them with held-out data"
-        )
+        raise fail("moments", "at least one sample", "n_samples = 0", "update them with held-out data")
     M, b = lm.matrix.double().cpu(), lm.bias.double().cpu()
     cyy = m.cyy_diag
     e = m.mean_y - m.mean_x @ M - b
@@ -125,9 +119,7 @@ def _from_moments(lm: LinearMap, m: Any) -> Score:
 def score(lm: LinearMap, X: Any = None, Y: Any = None, *, moments: Moments | None = None) -> Score:
     """Score `lm` on rows (X, Y), or exactly on held-out `moments` (no cosine there)."""
     if not isinstance(lm, LinearMap):
-        raise fail(
-            "lm", "a backlens.LinearMap", describe(lm), "pass the map returned by an estimator"
-        )
+        raise fail("lm", "a backlens.LinearMap", describe(lm), "pass the map returned by an estimator")
     if moments is not None:
         if X is not None or Y is not None:
             raise fail("X, Y, moments", "either X and Y, or moments", "both", "pass one of them")

@@ -17,9 +17,7 @@ Selector = str | type[nn.Module]
 
 def leaf_names(model: nn.Module) -> list[str]:
     """Names of the modules without children; [""] (the model itself) if it has none."""
-    return [n for n, m in model.named_modules() if n and not any(True for _ in m.children())] or [
-        ""
-    ]
+    return [n for n, m in model.named_modules() if n and not any(True for _ in m.children())] or [""]
 
 
 def select_modules(model: nn.Module, select: Sequence[Selector] | Selector | None) -> list[str]:
@@ -68,8 +66,4 @@ def _closest(selector: Selector, named: dict[str, nn.Module]) -> list[str]:
     if isinstance(selector, type):
         types = sorted({type(m).__name__ for m in named.values()})
         return [f"nn.{t}" for t in types]
-    return (
-        difflib.get_close_matches(selector, names, n=5, cutoff=0.3)
-        or names[:10]
-        or ['"" (the model)']
-    )
+    return difflib.get_close_matches(selector, names, n=5, cutoff=0.3) or names[:10] or ['"" (the model)']

@@ -49,9 +49,7 @@ class LinearAbstraction(RegressorMixin, BaseEstimator):
         check_positive_int("batch_size", self.batch_size)
         if self.alpha == "validation":
             check_choice("alpha", self.alpha, ("gcv", "a number"))
-        X, y = validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32]
-        )
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
         Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         moments = Moments(X.shape[1], Y.shape[1], yy="diagonal")
         for start in range(0, len(X), self.batch_size):

@@ -35,9 +35,7 @@ class _Store:
 
     def __init__(self, mode: str | None) -> None:
         self.mode = mode
-        self._recent: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = (
-            OrderedDict()
-        )
+        self._recent: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def _copy(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
@@ -152,9 +150,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
                     n,
                     type(modules[n]).__name__,
                     is_linear=isinstance(modules[n], nn.Linear),
-                    params={
-                        k: p.requires_grad for k, p in modules[n].named_parameters(recurse=False)
-                    },
+                    params={k: p.requires_grad for k, p in modules[n].named_parameters(recurse=False)},
                 )
                 for n in self.selected
             ]
@@ -171,12 +167,8 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         try:
             for name in self.selected:
                 module = modules[name]
-                self._handles.append(
-                    module.register_forward_pre_hook(functools.partial(self._before, name))
-                )
-                self._handles.append(
-                    module.register_forward_hook(functools.partial(self._after, name))
-                )
+                self._handles.append(module.register_forward_pre_hook(functools.partial(self._before, name)))
+                self._handles.append(module.register_forward_hook(functools.partial(self._after, name)))
         except BaseException:
             self._close()
             raise
@@ -222,11 +214,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         if self.store is not None:
             self.record[name].calls.append(call)  # type: ignore[index]
         outs = tensors_in(output)
-        live = (
-            [(k, t) for k, t in enumerate(outs) if t.requires_grad]
-            if torch.is_grad_enabled()
-            else []
-        )
+        live = [(k, t) for k, t in enumerate(outs) if t.requires_grad] if torch.is_grad_enabled() else []
         if not live:
             self._emit(call)
             return
@@ -248,9 +236,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
 
     # backward: gradients arrive at the outputs' tensor hooks and the boundary nodes' hooks
 
-    def _on_output_grad(
-        self, pending: _Pending, k: int, through: list[int], grad: torch.Tensor
-    ) -> None:
+    def _on_output_grad(self, pending: _Pending, k: int, through: list[int], grad: torch.Tensor) -> None:
         if not self._enabled or pending.done:
             return
         self._touch(pending)

@@ -32,8 +32,12 @@ def split_dataset(data: Dataset, test_size: float = 0.3, seed: int = 0) -> Split
     n = len(data.x)
     n_test = max(1, round(n * test_size))
     if n - n_test < 1:
-        raise fail("test_size", "a split leaving training samples", f"{n} samples, {n_test} held out",
-                   "use a smaller test_size")
+        raise fail(
+            "test_size",
+            "a split leaving training samples",
+            f"{n} samples, {n_test} held out",
+            "use a smaller test_size",
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     part = lambda idx: Dataset(data.name, data.x[idx], data.y[idx], data.task, data.n_classes)  # noqa: E731
     return Split(part(order[n_test:]), part(order[:n_test]))
@@ -43,7 +47,9 @@ def loader(data: Dataset, batch_size: int = 32, shuffle: bool = False, seed: int
     """A DataLoader of (x, y) batches."""
     check_positive_int("batch_size", batch_size)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(data.x, data.y), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(
+        TensorDataset(data.x, data.y), batch_size=batch_size, shuffle=shuffle, generator=generator
+    )
 
 
 def task_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -53,7 +59,9 @@ def task_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         return lambda out, y: nn.functional.mse_loss(out, y.reshape(out.shape).to(out.dtype))
     if name == "ce":
         return nn.functional.cross_entropy
-    return lambda out, y: nn.functional.binary_cross_entropy_with_logits(out, y.reshape(out.shape).to(out.dtype))
+    return lambda out, y: nn.functional.binary_cross_entropy_with_logits(
+        out, y.reshape(out.shape).to(out.dtype)
+    )
 
 
 def default_loss(data: Dataset) -> str:
@@ -80,8 +88,14 @@ def metric_name(data: Dataset) -> str:
 
 
 def train_model(
-    model: nn.Module, data: Dataset, loss: str, epochs: int = 30, batch_size: int = 32, lr: float = 1e-3,
-    seed: int = 0, progress: Callable[[int, float], None] | None = None,
+    model: nn.Module,
+    data: Dataset,
+    loss: str,
+    epochs: int = 30,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Adam on mini-batches; returns the mean training loss of each epoch."""
     check_positive_int("epochs", epochs)
