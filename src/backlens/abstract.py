@@ -120,7 +120,7 @@ def _one_run(
         data.check_widths(widths)
         activation = options.activation
         model = build_mlp(widths, activation, seed=seed)
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task(f"training {options.layers} (seed {seed})", total=options.epochs)
             train_model(
                 model,

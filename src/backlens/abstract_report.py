@@ -29,8 +29,17 @@ def verdict(rows: list[dict[str, Any]], direction: str) -> str:
     if not scored:
         return f"{direction}: no method applied"
     best = min(scored, key=lambda r: r["test_rel_error"])
-    runner = sorted(scored, key=lambda r: r["test_rel_error"])[1:2]
-    against = f" (next: {runner[0]['method']} {runner[0]['test_rel_error']:.3g})" if runner else ""
+    ranked = sorted(scored, key=lambda r: r["test_rel_error"])
+    # Maps equal to rounding (expected-mask and mean-Jacobian with one nonlinearity) tie.
+    tied = [
+        r["method"]
+        for r in ranked[1:]
+        if abs(r["test_rel_error"] - best["test_rel_error"]) <= 1e-9 * best["test_rel_error"]
+    ]
+    runner = [r for r in ranked[1:] if r["method"] not in tied][:1]
+    against = f", tied with {', '.join(tied)}" if tied else ""
+    if runner:
+        against += f" (next: {runner[0]['method']} {runner[0]['test_rel_error']:.3g})"
     error = best["test_rel_error"]
     return f"{direction}: {best['method']} wins on held-out data, rel. error {error:.3g}{against}"
 

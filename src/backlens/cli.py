@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from .errors import BacklensError
+from .errors import BacklensError, BacklensWarning
 
 app = typer.Typer(
     help="See what backpropagation does inside a PyTorch network.",
@@ -27,12 +28,29 @@ def main_callback() -> None:
 
 
 def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Call fn; print a BacklensError as one clear line and exit 2 instead of a traceback."""
+    """Call fn; print a BacklensError as one clear line and exit 2 instead of a traceback.
+
+    backlens' own warnings are printed once each as a plain line, without a source path.
+    """
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, BacklensWarning):
+            if str(message) not in shown:
+                shown.add(str(message))
+                console.print(f"[yellow]warning ({category.__name__}):[/yellow] {message}")
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    original = warnings.showwarning
+    warnings.showwarning = show
     try:
         return fn(*args, **kwargs)
     except BacklensError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    finally:
+        warnings.showwarning = original
 
 
 @app.command()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
@@ -111,7 +112,8 @@ def collect(
     widths: dict[str, tuple[int, int]] = {}
     total = len(loader) if isinstance(loader, Sized) else None
     n_samples = 0
-    with Progress(transient=True, disable=not show_progress) as progress:
+    # A bar only on a terminal: in logs and pipes it would leave blank lines.
+    with Progress(transient=True, disable=not show_progress or not Console().is_terminal) as progress:
         task = progress.add_task(f"collecting {block.label}", total=total)
         for xb, yb in loader:
             a_in, a_out, g_out, g_in = _boundaries(model, block, xb, yb, loss_fn, want_backward)

@@ -176,7 +176,7 @@ def compare(
             try:
                 lm = fit_method(method, block, train, d)
             except BacklensError as error:  # a method that cannot apply is reported, not dropped
-                row.note = str(error).split(". Fix:")[0]
+                row.note = str(error).split(". Fix:")[0].removeprefix("methods: expected ")
                 rows.append(row)
                 continue
             fitted[(method, d)] = lm

@@ -160,7 +160,7 @@ def run_sweep(console: Console, seed: int, out: Path | None) -> list[dict]:
     section(console, "f", "Residual against the number of fitting samples (b = 64 … 8192)")
     sizes = [2**k for k in range(6, 14)]
     sweeps = []
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("fitting", total=2 * len(sizes))
         for kind in ("uniform", "normal"):
             sweeps.append(
