@@ -5,18 +5,19 @@ squares for the lstsq rows) on float32 data, and is scored against a float64 ref
 centred, accumulated in float64). Printed: seconds; the ratio to the floors 2·N·d·(d+k) / GEMM rate
 for float32 and float64 GEMM rates measured in this run; extra peak memory (VmHWM reset before
 each method, minus the resident size before it); prediction error ‖Xc(M − M_ref)‖/‖Xc·M_ref‖ on
-held-out rows; matrix error ‖M − M_ref‖/‖M_ref‖.
+held-out rows; matrix error ‖M − M_ref‖/‖M_ref‖. The GEMM rates are measured again just before
+each case, so a machine whose speed drifts during the run is compared with itself.
 
-    python -m benchmarks fit                         # full run: ~15 min, ~13 GB peak (RidgeCV)
+    python -m benchmarks fit                         # ~3 min: the slowest peers skip the large size
+    BACKLENS_BENCH_FULL=1 python -m benchmarks fit   # also RidgeCV and numpy lstsq at the large
+                                                     # size: ~15 min, ~13 GB peak (RidgeCV)
     BACKLENS_BENCH_QUICK=1 python -m benchmarks fit  # small sizes, ~2 min
-    BACKLENS_BENCH_SKIP_SLOW=1 ...                   # skip RidgeCV and both lstsq
+    BACKLENS_BENCH_SKIP_SLOW=1 ...                   # skip RidgeCV and both lstsq everywhere
 """
 
 from __future__ import annotations
 
-import gc
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 import backlens
+
+from ._measure import flag, quick, reset_peak, status_kb
 
 BATCH = 4096
 ALPHA_REL = 1e-8
@@ -43,28 +46,11 @@ QUICK_CASES = [
 ]
 
 
-def _quick() -> bool:
-    return os.environ.get("BACKLENS_BENCH_QUICK", "") not in ("", "0") or "--quick" in sys.argv
+LARGE_FLOPS = 1e11  # cases above 2·N·d·(d+k) flops run the SLOW_PEERS only with BACKLENS_BENCH_FULL=1
+SLOW_PEERS = ("sklearn RidgeCV", "numpy")  # 9+ minutes together at N=200k, d=k=1024
 
 
 # ---- measurement -------------------------------------------------------------------------------
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -76,21 +62,19 @@ class Run:
 
 
 def _measure(fn: Callable[[], tuple[np.ndarray, float]]) -> Run:
-    gc.collect()
-    base = _status_kb("VmRSS")
-    can_peak = _reset_peak()
+    base = reset_peak()
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fn()
     seconds = time.perf_counter() - start
-    extra = (_status_kb("VmHWM") - base) / 1024 if can_peak else None
+    extra = (status_kb("VmHWM") - base) / 1024 if base is not None else None
     names = sorted({type(w.message).__name__ for w in caught})
     return Run(seconds, extra, result, ("warned: " + ", ".join(names)) if names else "")
 
 
 def gemm_rates() -> dict[torch.dtype, float]:
-    """GFLOP/s of Xᵀ·[X Y] at the benchmark's batch shape, float32 and float64, best of 3."""
+    """GFLOP/s of Xᵀ·[X Y] at the benchmark's batch shape (d = k = 1024), float32 and float64, best of 3."""
     rates = {}
     for dtype in (torch.float32, torch.float64):
         a = torch.randn(BATCH, 1024, dtype=dtype)
@@ -222,8 +206,9 @@ def errors(result, ref: Reference, X_test: torch.Tensor) -> tuple[float, float]:
     return pred, float(np.linalg.norm(M - ref_M) / np.linalg.norm(ref_M))
 
 
-def run_case(label, N, d, k, act, rates, skip_slow: bool) -> list[str]:
+def run_case(label, N, d, k, act, skip_slow: bool) -> list[str]:
     X, Y = make_data(N, d, k, act)
+    rates = gemm_rates()
     ref = reference(X, Y)
     scale = ref.scale
     alpha = ALPHA_REL * scale
@@ -239,11 +224,20 @@ def run_case(label, N, d, k, act, rates, skip_slow: bool) -> list[str]:
         ("numpy.linalg.lstsq", numpy_lstsq(X, Y)),
         ("torch.linalg.lstsq (gelsy)", torch_lstsq(X, Y)),
     ]
-    title = f"{label} N={N:,} d={d} k={k}: floors f32 {floor32:.2f} s, f64 {floor64:.2f} s"
+    title = (
+        f"{label} N={N:,} d={d} k={k}: floors f32 {floor32:.2f} s, f64 {floor64:.2f} s "
+        f"(GEMM f32 {rates[torch.float32]:.0f}, f64 {rates[torch.float64]:.0f} GFLOP/s, "
+        f"load {os.getloadavg()[0]:.1f})"
+    )
     lines = [title]
+    large = flops > LARGE_FLOPS and not flag("BACKLENS_BENCH_FULL")
     for name, fn in methods:
         if skip_slow and name.startswith(("sklearn RidgeCV", "numpy", "torch")):
             lines.append(f"  {name:<30} skipped (BACKLENS_BENCH_SKIP_SLOW)")
+            continue
+        if large and name.startswith(SLOW_PEERS):
+            lines.append(f"  {name:<30} skipped (large size, minutes: set BACKLENS_BENCH_FULL=1)")
+            print(lines[-1], flush=True)
             continue
         try:
             run = _measure(fn)
@@ -263,15 +257,12 @@ def run_case(label, N, d, k, act, rates, skip_slow: bool) -> list[str]:
 
 
 def main() -> None:
-    quick = _quick()
-    cases = QUICK_CASES if quick else FULL_CASES
-    skip_slow = os.environ.get("BACKLENS_BENCH_SKIP_SLOW", "") not in ("", "0")
-    rates = gemm_rates()
+    cases = QUICK_CASES if quick() else FULL_CASES
+    skip_slow = flag("BACKLENS_BENCH_SKIP_SLOW")
     print(
-        f"threads={torch.get_num_threads()} GEMM f32 {rates[torch.float32]:.0f} GFLOP/s, "
-        f"f64 {rates[torch.float64]:.0f} GFLOP/s; batches of {BATCH}; "
+        f"threads={torch.get_num_threads()}; batches of {BATCH}; "
         f"α = {ALPHA_REL:g}·tr(XcᵀXc)/d; load {os.getloadavg()[0]:.1f}"
-        f"{'; QUICK sizes' if quick else ''}",
+        f"{'; QUICK sizes' if quick() else ''}",
         flush=True,
     )
     header = (
@@ -281,7 +272,7 @@ def main() -> None:
     table = []
     for case in cases:
         print(f"-- {case[0]} N={case[1]:,} d={case[2]} k={case[3]}", flush=True)
-        table.append(run_case(*case, rates, skip_slow))
+        table.append(run_case(*case, skip_slow))
     load = os.getloadavg()[0]
     print(f"\n== fit benchmark table (load at end {load:.1f} on {os.cpu_count()} cores) ==")
     print(header)

@@ -16,11 +16,8 @@ out) floats, over the write bandwidth measured in the same run.
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import os
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -32,44 +29,11 @@ from torch.nn import functional as F
 
 import backlens
 
+from ._measure import quick, reset_peak, settle, status_kb
+
 WIDTHS = [784, 1024, 1024, 1024, 10]
 BATCH = 256
 LR = 0.01
-
-
-def _quick() -> bool:
-    return os.environ.get("BACKLENS_BENCH_QUICK", "") not in ("", "0") or "--quick" in sys.argv
-
-
-# ---- memory ------------------------------------------------------------------------------------
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _settle() -> None:
-    """Free what can be freed and hand it back to the OS, so the next peak starts clean."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def _reset_peak() -> int | None:
-    """Reset VmHWM to the current resident size; return that size in kB (None if unsupported)."""
-    _settle()
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return None
-    return _status_kb("VmRSS")
 
 
 # ---- the model and the variants ----------------------------------------------------------------
@@ -283,13 +247,13 @@ def _available(v: Variant) -> bool:
 
 def _peak(v: Variant, s: Setup) -> None:
     """Extra peak resident memory of setting the variant up and running two steps."""
-    base = _reset_peak()
+    base = reset_peak()
     step = v.make(s)
     _timed(step)
     _timed(step)
-    v.peak_mb = (_status_kb("VmHWM") - base) / 1024 if base is not None else None
+    v.peak_mb = (status_kb("VmHWM") - base) / 1024 if base is not None else None
     del step
-    _settle()
+    settle()
 
 
 def _round_robin(group: list[Variant], s: Setup, plain: Callable[[], None], warmup: int, steps: int) -> None:
@@ -303,7 +267,7 @@ def _round_robin(group: list[Variant], s: Setup, plain: Callable[[], None], warm
             v.plain.append(_timed(plain))
             v.times.append(_timed(step))
     del made
-    _settle()
+    settle()
 
 
 def write_bandwidth() -> tuple[float, float]:
@@ -315,14 +279,13 @@ def write_bandwidth() -> tuple[float, float]:
         fill = max(fill, gigabytes / _timed(lambda: buffers["dst"].fill_(1.0)))
         copy_ = max(copy_, gigabytes / _timed(lambda: buffers["dst"].copy_(buffers["src"])))
     buffers.clear()
-    _settle()
+    settle()
     return fill, copy_
 
 
 def main() -> None:
     torch.manual_seed(0)
-    quick = _quick()
-    fast_steps, slow_steps = (8, 2) if quick else (25, 5)
+    fast_steps, slow_steps = (8, 2) if quick() else (25, 5)
     s = _setup()
     plain = _plain(s)
     for _ in range(3):

@@ -214,3 +214,53 @@ def test_copy_is_independent() -> None:
     c.update(X, Y)
     assert m.n == 10 and c.n == 20
     assert "n=10" in repr(m)
+
+
+# The per-chunk kernels: symmetric blocked GEMMs (several blocks from d ≥ 256), and the two ways
+# a chunk is checked (its own products in a scratch matrix, or, where d is large next to the
+# chunk, the float32 input's sum). Oracle: float64 closed form on the same rows.
+KERNEL_CASES = [  # (rows per update, d, k, dtype): scratch and input-sum checks, 1–4 blocks
+    (600, 300, 130, torch.float32),  # 6·(d+1) > rows: float32 input checked by its sum
+    (4096, 300, 130, torch.float32),  # scratch check, float32 input
+    (700, 257, 520, torch.float64),  # scratch check, float64 input, 2 and 4 blocks
+    (CHUNK_ROWS + 9, 129, 3, torch.float32),  # two internal chunks in one update
+]
+
+
+@pytest.mark.parametrize(("rows", "d", "k", "dtype"), KERNEL_CASES)
+def test_blocked_kernels_equal_float64_closed_form(rows: int, d: int, k: int, dtype: torch.dtype) -> None:
+    X, Y = data(2 * rows + 3, d, k, seed=3, shift=4.0)
+    X, Y = X.to(dtype), Y.to(dtype)
+    m = Moments(d, k, yy="full")
+    for start in range(0, len(X), rows):
+        m.update(X[start : start + rows], Y[start : start + rows])
+    assert_sums(m, X, Y, rtol=1e-11)
+    torch.testing.assert_close(m.cyy, (Y.double() - Y.double().mean(0)).T @ (Y.double() - Y.double().mean(0)))
+
+
+@pytest.mark.parametrize(("rows", "d", "k", "dtype"), KERNEL_CASES)
+@pytest.mark.parametrize("which", ["X", "Y"])
+def test_kernels_name_the_bad_row_and_change_nothing(
+    rows: int, d: int, k: int, dtype: torch.dtype, which: str
+) -> None:
+    X, Y = data(rows, d, k, seed=4)
+    X, Y = X.to(dtype), Y.to(dtype)
+    bad_row = rows - 2
+    (X if which == "X" else Y)[bad_row, d // 2 if which == "X" else k - 1] = float("nan")
+    m = Moments(d, k).update(*(t.to(dtype) for t in data(rows, d, k, seed=5)))
+    before = (m.n, m.cxx.clone(), m.cxy.clone(), m.cyy_diag.clone())
+    with pytest.raises(BacklensError, match=rf"^{which}: .*NaN \(first in row {bad_row}\)"):
+        m.update(X, Y)
+    after = (m.n, m.cxx, m.cxy, m.cyy_diag)
+    assert after[0] == before[0] and all(
+        torch.equal(a, b) for a, b in zip(after[1:], before[1:], strict=True)
+    )
+
+
+def test_too_large_float64_values_are_caught_by_the_scratch_check() -> None:
+    X = torch.zeros(2000, 3, dtype=torch.float64)
+    X[::2] = 1e200  # mean 5e199: shifted values ±5e199, whose squares overflow
+    m = Moments(3, 2).update(torch.ones(4, 3, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64))
+    with pytest.raises(BacklensError, match="too large"):
+        m.update(X, torch.zeros(2000, 2, dtype=torch.float64))
+    assert m.n == 4

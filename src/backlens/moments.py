@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._accumulate import Sums
 from ._tensorfile import load_tensors, save_tensors
 from .errors import check_choice, check_positive_int, describe, fail
 
@@ -20,17 +21,14 @@ __all__ = ["Moments", "YY_MODES"]
 #
 # Precision: activations are uncentred and ill-conditioned, and XᵀX − n·μμᵀ then cancels
 # catastrophically. So every chunk is shifted by K (the mean of the first chunk: close to the
-# data's mean) while it is copied into a float64 buffer, and the sums kept are about K:
-#   G = [Xs, 1]ᵀ·[Xs, 1, Ys]  (Xs = X − Kx, Ys = Y − Ky; one GEMM also yields ΣXs, ΣYs and n)
-# plus diag(YsᵀYs) (and the full YsᵀYs with yy="full"). Centred statistics are read out as
-# C = S − s·sᵀ/n, which loses nothing while K is near the mean. Merging combines the centred
+# data's mean) while it is copied into a float64 buffer, and the sums kept are about K
+# (_accumulate.Sums: symmetric blocked float64 GEMMs, one pass per chunk). Centred statistics are read out
+# as C = S − s·sᵀ/n, which loses nothing while K is near the mean. Merging combines the centred
 # forms exactly (Chan, Golub & LeVeque): C = C_a + C_b + (n_a·n_b/n)·δδᵀ, δ = μ_b − μ_a.
-# Per chunk: one mixed-precision subtract per array, one pass for diag and finiteness, one GEMM
-# of exactly 2·b·d_in·(d_in + d_out) flops. Extra memory: O((d_in + d_out)·(d_in + d_out + chunk)).
+# Extra memory: O((d_in + d_out)·(d_in + d_out + chunk)).
 
 YY_MODES = ("full", "diagonal")
 KIND = "backlens.Moments"
-HUGE = 1e300  # a column sum of squares above this means float64 products may overflow
 CHUNK_ROWS = 8192  # rows per internal step
 NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
@@ -61,38 +59,18 @@ def _rows(argument: str, value: Any, width: int) -> torch.Tensor:
     return value if value.dtype in NUMPY_FLOATS else value.float()
 
 
-def _raise_bad(argument: str, chunk: torch.Tensor, offset: int) -> None:
-    bad = ~torch.isfinite(chunk)
-    if bool(bad.any()):
-        row = int(bad.any(dim=1).nonzero()[0, 0]) + offset
-        kind = "NaN" if bool(torch.isnan(chunk).any()) else "Inf"
-        raise fail(argument, "finite values", f"{kind} (first in row {row})", "clean or drop those rows")
-    raise fail(
-        argument,
-        "values whose float64 products stay finite (|x − mean| < 1e150)",
-        "values too large",
-        "rescale the data",
-    )
-
-
 class Moments:
-    """n, ΣX, ΣY, XᵀX, XᵀY, YᵀY of row pairs (x: d_in, y: d_out), streamed in float64.
+    """n, ΣX, ΣY, XᵀX, XᵀY, YᵀY of row pairs (x: d_in, y: d_out), streamed into float64 sums.
 
     yy="diagonal" (the default) keeps diag(YᵀY): all that every estimator and score needs, and
-    free. yy="full" keeps the whole YᵀY, at 2·n·d_out² more flops (+50% when d_in = d_out).
+    free. yy="full" keeps the whole YᵀY (its upper triangle: about n·d_out² more flops).
     """
 
     def __init__(self, d_in: int, d_out: int, *, yy: str = "diagonal") -> None:
         self.d_in = check_positive_int("d_in", d_in)
         self.d_out = check_positive_int("d_out", d_out)
         self.yy_mode = check_choice("yy", yy, YY_MODES)
-        self._n = 0
-        self._kx = np.zeros(d_in)
-        self._ky = np.zeros(d_out)
-        self._G = torch.zeros(d_in + 1, d_in + 1 + d_out, dtype=torch.float64)
-        self._syy_diag = torch.zeros(d_out, dtype=torch.float64)
-        self._syy = torch.zeros(d_out, d_out, dtype=torch.float64) if yy == "full" else None
-        self._buffer: np.ndarray | None = None
+        self._sums = Sums(d_in, d_out, yy == "full")
 
     # ---- accumulation -------------------------------------------------------------------
     def update(self, X: Any, Y: Any) -> Moments:
@@ -111,81 +89,29 @@ class Moments:
                 "pass one Y row per X row",
             )
         starts = range(0, X.shape[0], CHUNK_ROWS)
-        if len(starts) > 1:  # check every chunk first, so a bad row leaves the Moments unchanged
+        before = self._sums.snapshot() if len(starts) > 1 else None  # a bad row changes nothing
+        try:
             for start in starts:
-                for name, data in (("X", X), ("Y", Y)):
-                    chunk = data[start : start + CHUNK_ROWS]
-                    if not bool(torch.isfinite(chunk).all()):
-                        _raise_bad(name, chunk, start)
-        for start in starts:
-            stop = start + CHUNK_ROWS
-            self._update_chunk(X[start:stop], Y[start:stop], start)
+                stop = start + CHUNK_ROWS
+                self._sums.add(X[start:stop], Y[start:stop], start)
+        except Exception:
+            if before is not None:
+                self._sums.restore(before)
+            raise
         return self
-
-    def _rows_buffer(self, rows: int) -> np.ndarray:
-        d = self.d_in
-        if self._buffer is None or self._buffer.shape[0] < rows:
-            self._buffer = np.empty((rows, d + 1 + self.d_out))
-            self._buffer[:, d] = 1.0  # the ones column: the GEMM's row d gives the sums and n
-        return self._buffer[:rows]
-
-    def _update_chunk(self, X: torch.Tensor, Y: torch.Tensor, offset: int) -> None:
-        b, d = X.shape[0], self.d_in
-        if b == 0:
-            return
-        xs, ys = X.numpy(), Y.numpy()
-        kx, ky = self._kx, self._ky
-        if self._n == 0:  # the shift: this chunk's mean
-            kx, ky = xs.mean(axis=0, dtype=np.float64), ys.mean(axis=0, dtype=np.float64)
-        z = self._rows_buffer(b)
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.subtract(xs, kx, out=z[:, :d])
-            np.subtract(ys, ky, out=z[:, d + 1 :])
-            squares = np.einsum("ij,ij->j", z, z)  # diag of the shifted Gram; finiteness check
-        if not (np.isfinite(squares).all() and squares.max() < HUGE):
-            bad_x = not (np.isfinite(squares[:d]).all() and squares[:d].max() < HUGE)
-            _raise_bad("X" if bad_x else "Y", X if bad_x else Y, offset)
-        zt = torch.from_numpy(z)
-        self._G.addmm_(zt[:, : d + 1].T, zt)
-        self._syy_diag += torch.from_numpy(squares[d + 1 :])
-        if self._syy is not None:
-            self._syy.addmm_(zt[:, d + 1 :].T, zt[:, d + 1 :])
-        self._kx, self._ky = kx, ky
-        self._n += b
 
     # ---- centred form ---------------------------------------------------------------------
     def _centred(self) -> dict[str, torch.Tensor]:
-        """n, μx, μy, Cxx, Cxy, Cyy (or None), diag Cyy, all float64 (zeros when n = 0)."""
-        d, n = self.d_in, self._n
-        G = self._G
-        sx, sy = G[:d, d], G[d, d + 1 :]
-        inv = 1.0 / n if n else 0.0
-        cxx = G[:d, :d] - inv * torch.outer(sx, sx)
-        out = {
-            "mean_x": torch.from_numpy(self._kx) + inv * sx,
-            "mean_y": torch.from_numpy(self._ky) + inv * sy,
-            "cxx": (cxx + cxx.T) / 2,
-            "cxy": G[:d, d + 1 :] - inv * torch.outer(sx, sy),
-            "cyy_diag": self._syy_diag - inv * sy * sy,
-        }
-        if self._syy is not None:
-            cyy = self._syy - inv * torch.outer(sy, sy)
-            out["cyy"] = (cyy + cyy.T) / 2
-        return out
+        """mean_x, mean_y, cxx, cxy, cyy_diag (and cyy), all float64 (zeros when n = 0)."""
+        return self._sums.centred()
 
     def _set_centred(self, n: int, c: dict[str, torch.Tensor]) -> None:
         """Store centred statistics, shifted by their own means (so the stored sums are zero)."""
-        d = self.d_in
-        self._n = n
-        self._kx = c["mean_x"].double().numpy().copy()
-        self._ky = c["mean_y"].double().numpy().copy()
-        self._G.zero_()
-        self._G[:d, :d] = c["cxx"]
-        self._G[:d, d + 1 :] = c["cxy"]
-        self._G[d, d] = float(n)
-        self._syy_diag = c["cyy_diag"].double().clone()
-        if self._syy is not None:
-            self._syy = c["cyy"].double().clone()
+        self._sums.set_centred(n, c)
+
+    @property
+    def _n(self) -> int:
+        return self._sums.n
 
     def merge(self, other: Moments) -> Moments:
         """Add another Moments' samples (exact: the same statistics as one stream). Returns self."""
@@ -223,7 +149,7 @@ class Moments:
             "cxy": a["cxy"] + b["cxy"] + f * torch.outer(dx, dy),
             "cyy_diag": a["cyy_diag"] + b["cyy_diag"] + f * dy * dy,
         }
-        if self._syy is not None:
+        if "cyy" in a:
             merged["cyy"] = a["cyy"] + b["cyy"] + f * torch.outer(dy, dy)
         self._set_centred(n, merged)
         return self
@@ -259,7 +185,7 @@ class Moments:
     @property
     def cyy(self) -> torch.Tensor:
         """Σ(y−μy)ᵀ(y−μy), (d_out, d_out); needs yy='full'."""
-        if self._syy is None:
+        if self.yy_mode != "full":
             raise fail(
                 "Moments.cyy",
                 "Moments built with yy='full'",
