@@ -106,6 +106,8 @@ def test_csv_input(tmp_path: Path) -> None:
         ),
         (["--data", "digits", "--layers", "64,16,10", "--methods", "ridge,lasso"], "methods"),
         (["--data", "nope"], "one of seed, digits, diabetes"),
+        (["--data", "digits", "--layers", "64,16,10", "--loss", "bce"], "ce for digits (classification)"),
+        (["--data", "diabetes", "--layers", "10,8,1", "--loss", "ce"], "mse for diabetes (regression)"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_line(args: list[str], match: str) -> None:

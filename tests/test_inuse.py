@@ -70,3 +70,12 @@ def test_backward_cosine_none_without_parameters_below() -> None:
     block = Block(model, "0", "2")
     lm = LinearMap(torch.zeros(5, 4, dtype=torch.float64))
     assert inuse.backward_cosine(block, lm, data(), nn.functional.mse_loss) is None
+
+
+def test_task_metrics_against_hand_counts() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.7], [-3.0, 1.0]])
+    assert inuse.accuracy(logits, torch.tensor([0, 0, 1])) == pytest.approx(2 / 3)
+    assert inuse.binary_accuracy(logits, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(
+        4 / 6
+    )
+    assert inuse.mse(logits, torch.zeros(3, 2)) == pytest.approx(float((logits**2).mean()))

@@ -110,8 +110,15 @@ def _one_run(
     data = load_dataset(options.data, seed=seed, target=options.target)
     widths = parse_widths(options.layers)
     loss = options.loss or default_loss(data)
-    if data.task == "classification" and loss == "mse":
-        raise fail("--loss", "ce for a classification dataset", "mse", "use --loss ce")
+    # The in-use metric and the targets' shape follow the task: class indices need ce,
+    # real-valued targets need mse.
+    if loss != default_loss(data):
+        raise fail(
+            "--loss",
+            f"{default_loss(data)} for {data.name} ({data.task})",
+            repr(loss),
+            f"use --loss {default_loss(data)} or leave --loss out",
+        )
     split = split_dataset(data, options.test_size, seed)
     if options.model is not None:
         model, widths, activation = load_model(options.model)

@@ -22,6 +22,12 @@ __all__ = ["compare", "CompareRow", "fit_method", "parse_methods", "METHODS"]
 
 METHODS = ("ridge", "reduced-rank:R", "expected-mask", "mean-jacobian", "weights-only", "identity")
 CHAIN_ONLY = ("expected-mask", "weights-only")
+# The task metric with the block replaced, by loss: class indices, 0/1 targets, real values.
+IN_USE_METRICS: dict[str, tuple[str, Callable]] = {
+    "ce": ("accuracy", inuse.accuracy),
+    "bce": ("accuracy", inuse.binary_accuracy),
+    "mse": ("mse", inuse.mse),
+}
 
 
 @dataclass
@@ -153,8 +159,7 @@ def compare(
     test = test or collect(model, block, test_loader, direction, loss, show_progress=show_progress)
     directions = ["forward", "backward"] if direction == "both" else [direction]
     loss_fn = task_loss(loss)
-    metric_name = "accuracy" if loss == "ce" else "mse"
-    metric: Callable = inuse.accuracy if loss == "ce" else inuse.mse
+    metric_name, metric = IN_USE_METRICS[loss]
     rows: list[CompareRow] = []
     if "forward" in directions:
         rows.append(
