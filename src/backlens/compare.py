@@ -149,7 +149,7 @@ def compare(
 ) -> list[CompareRow]:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
-    In use, forward: the task metric (accuracy for 'ce', MSE otherwise) with the block replaced;
+    In use, forward: the task metric (accuracy for 'ce' and 'bce', MSE for 'mse') with the block replaced;
     the intact model gets a row of its own (method 'intact'). In use, backward: the mean cosine
     between true parameter gradients below the block and those through the backward map.
     """
