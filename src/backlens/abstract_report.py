@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
 from .io import write_json
-from .plots import save_figure
+from .plots import panels, save_figure, style_axes
 
 __all__ = ["print_run", "print_summary", "write_outputs", "verdict"]
 
@@ -99,8 +98,8 @@ def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
 def _plot_errors(results: dict[str, Any], path: Path) -> Path:
     run = results["runs"][0]
     directions = sorted({r["direction"] for b in run["blocks"] for r in b["rows"] if r["method"] != "intact"})
-    fig, axes = plt.subplots(1, len(directions), figsize=(7 * len(directions), 4.2), squeeze=False)
-    for ax, direction in zip(axes[0], directions, strict=True):
+    fig, axes = panels(len(directions), width=7)
+    for ax, direction in zip(axes, directions, strict=False):
         methods = list(
             dict.fromkeys(r["method"] for b in run["blocks"] for r in b["rows"] if r["method"] != "intact")
         )
@@ -115,59 +114,44 @@ def _plot_errors(results: dict[str, Any], path: Path) -> Path:
                 values.append(
                     row["test_rel_error"] if row and row["test_rel_error"] is not None else float("nan")
                 )
-            ax.bar([j + i * width for j in range(len(run["blocks"]))], values, width, label=method)
+            if any(v == v for v in values):  # methods that applied nowhere get no legend entry
+                ax.bar([j + i * width for j in range(len(run["blocks"]))], values, width, label=method)
         ax.set_xticks(
             [j + 0.4 - width / 2 for j in range(len(run["blocks"]))],
             [b["block"] for b in run["blocks"]],
         )
-        ax.set_yscale("log")
-        ax.set_xlabel("block")
-        ax.set_ylabel("held-out relative error")
-        ax.set_title(f"{direction} maps")
-        ax.legend(fontsize=7)
+        style_axes(ax, "block", "held-out relative error", f"{direction} maps")
     return save_figure(fig, path)
 
 
 def _plot_curve(results: dict[str, Any], path: Path) -> Path:
-    run = results["runs"][0]
-    blocks = [b for b in run["blocks"] if b.get("curve")]
-    fig, axes = plt.subplots(1, max(1, len(blocks)), figsize=(6 * max(1, len(blocks)), 4.2), squeeze=False)
-    for ax, block in zip(axes[0], blocks, strict=False):
+    blocks = [b for b in results["runs"][0]["blocks"] if b.get("curve")]
+    fig, axes = panels(len(blocks))
+    for ax, block in zip(axes, blocks, strict=False):
         keys = list(dict.fromkeys((p["method"], p["direction"]) for p in block["curve"]))
         for method, direction in keys:
             pts = [p for p in block["curve"] if p["method"] == method and p["direction"] == direction]
-            ax.plot(
-                [p["n"] for p in pts],
-                [p["test_rel_error"] for p in pts],
-                "-o" if direction == "forward" else "--s",
-                label=f"{method} ({direction})",
-            )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training samples used to fit")
-        ax.set_ylabel("held-out relative error")
-        ax.set_title(f"block {block['block']}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+            style = "-o" if direction == "forward" else "--s"
+            x, y = [p["n"] for p in pts], [p["test_rel_error"] for p in pts]
+            ax.plot(x, y, style, label=f"{method} ({direction})")
+        style_axes(
+            ax,
+            "training samples used to fit",
+            "held-out relative error",
+            f"block {block['block']}",
+            xlog=True,
+        )
     return save_figure(fig, path)
 
 
 def _plot_spectra(results: dict[str, Any], path: Path) -> Path:
-    run = results["runs"][0]
-    blocks = [b for b in run["blocks"] if b.get("spectra")]
-    fig, axes = plt.subplots(1, max(1, len(blocks)), figsize=(6 * max(1, len(blocks)), 4.2), squeeze=False)
-    for ax, block in zip(axes[0], blocks, strict=False):
+    blocks = [b for b in results["runs"][0]["blocks"] if b.get("spectra")]
+    fig, axes = panels(len(blocks))
+    for ax, block in zip(axes, blocks, strict=False):
         for key, values in block["spectra"].items():
-            ax.semilogy(
-                range(1, len(values) + 1),
-                [max(v, 1e-16) for v in values],
-                "-" if key.endswith("forward") else "--",
-                label=key,
-            )
-        ax.set_xlabel("index")
-        ax.set_ylabel("singular value")
-        ax.set_title(f"block {block['block']}: spectrum of each map")
-        ax.legend(fontsize=6)
+            style = "-" if key.endswith("forward") else "--"
+            ax.plot(range(1, len(values) + 1), [max(v, 1e-16) for v in values], style, label=key)
+        style_axes(ax, "index", "singular value", f"block {block['block']}: spectrum of each map")
     return save_figure(fig, path)
 
 

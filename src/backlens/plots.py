@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
-__all__ = ["plot_sample_size_sweep", "save_figure"]
+__all__ = ["plot_sample_size_sweep", "save_figure", "panels", "style_axes"]
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
@@ -23,10 +23,29 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
         plt.close(fig)
 
 
+def panels(count: int, width: float = 6, height: float = 4.2) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure with `count` side-by-side panels (at least one)."""
+    count = max(1, count)
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def style_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str, xlog: bool = False) -> None:
+    """Log y (x too with xlog), labels, title, a light grid and a small legend."""
+    if xlog:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_sample_size_sweep(sweeps: list[dict], path: str | os.PathLike[str]) -> Path:
     """Relative residual against fitting samples: one panel per data kind, train solid, held-out dashed."""
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(6 * len(sweeps), 4.5), squeeze=False)
-    for ax, sweep in zip(axes[0], sweeps, strict=True):
+    fig, axes = panels(len(sweeps), height=4.5)
+    for ax, sweep in zip(axes, sweeps, strict=True):
         methods = list(dict.fromkeys(p["method"] for p in sweep["points"]))
         for i, method in enumerate(methods):
             pts = [p for p in sweep["points"] if p["method"] == method]
@@ -50,11 +69,11 @@ def plot_sample_size_sweep(sweeps: list[dict], path: str | os.PathLike[str]) -> 
             va="top",
         )
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("fitting samples b")
-        ax.set_ylabel("‖Gp − G·M‖ / ‖Gp‖")
-        ax.set_title(f"{sweep['kind']} data, d_in={sweep['d_in']}, hidden={sweep['hidden']}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        style_axes(
+            ax,
+            "fitting samples b",
+            "‖Gp − G·M‖ / ‖Gp‖",
+            f"{sweep['kind']} data, d_in={sweep['d_in']}, hidden={sweep['hidden']}",
+        )
     fig.suptitle("Can one matrix stand in for ((G·W) ⊙ R)·W2? Fit vs held-out residual")
     return save_figure(fig, path)
