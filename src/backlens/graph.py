@@ -7,28 +7,43 @@ finds the same edges without touching the tensors the model sees.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
-__all__ = ["Boundary", "sequence_mark", "input_edges", "find_boundary"]
+__all__ = ["Boundary", "sequence_mark", "edge_of", "input_edges", "find_boundary"]
 
+_PythonNode = torch._C._FunctionBase
 _PROBE = torch.empty(0, requires_grad=True)
 
 
-def sequence_mark() -> int:
-    """The autograd sequence number now: nodes created later in this thread have larger ones.
+def _probe_sequence_nr() -> int:
+    with torch.enable_grad():  # the probe's view must get a node
+        return _PROBE.view_as(_PROBE).grad_fn._sequence_nr() + 1  # type: ignore[union-attr]
 
-    Call it with grad mode on (the probe's view must get a node).
-    """
-    return _PROBE.view_as(_PROBE).grad_fn._sequence_nr()  # type: ignore[union-attr]
+
+# The number the next node created in this thread will get (a probe node where torch lacks it).
+_next_sequence_nr: Callable[[], int] = getattr(torch.autograd, "_get_sequence_nr", _probe_sequence_nr)
+
+
+def sequence_mark() -> int:
+    """The autograd sequence number now: nodes created later in this thread have larger ones."""
+    return _next_sequence_nr() - 1
+
+
+def edge_of(tensor: torch.Tensor) -> GradientEdge:
+    """`get_gradient_edge(tensor)`, without its Python overhead when the edge is a C++ node."""
+    node = tensor.grad_fn
+    if node is None or isinstance(node, _PythonNode):  # a leaf, or a node that needs a token
+        return get_gradient_edge(tensor)
+    return GradientEdge(node, tensor.output_nr)
 
 
 def input_edges(tensors: Sequence[torch.Tensor]) -> list[tuple[int, GradientEdge]]:
     """(position, gradient edge) of each tensor that requires grad."""
-    return [(i, get_gradient_edge(t)) for i, t in enumerate(tensors) if t.requires_grad]
+    return [(i, edge_of(t)) for i, t in enumerate(tensors) if t.requires_grad]
 
 
 @dataclass
@@ -65,7 +80,7 @@ def find_boundary(
     passthrough: list[tuple[int, int]] = []
     stack: list[Node] = []
     for k, tensor in outputs:
-        edge = get_gradient_edge(tensor)
+        edge = edge_of(tensor)
         hit = targets.get((id(edge.node), edge.output_nr))
         if hit is not None:
             passthrough.append((k, hit))
@@ -85,7 +100,7 @@ def find_boundary(
             hit = targets.get((id(child), output_nr))
             if hit is not None:
                 pairs.append((j, hit))
-            elif child.next_functions and child._sequence_nr() > mark:
+            elif child._sequence_nr() > mark and child.next_functions:
                 stack.append(child)
         if pairs:
             nodes.append((node, pairs))

@@ -25,9 +25,9 @@ def select_modules(model: nn.Module, select: Sequence[Selector] | Selector | Non
 
     None selects every leaf module. Each selector must match at least one module.
     """
-    named = dict(model.named_modules())
     if select is None:
         return leaf_names(model)
+    named = dict(model.named_modules())
     if isinstance(select, (str, type)):
         select = [select]
     if not isinstance(select, Sequence) or not select:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,8 +11,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ._store import Store
 from .errors import check_choice, check_module, fail
-from .graph import find_boundary, input_edges, sequence_mark
+from .graph import edge_of, find_boundary, input_edges, sequence_mark
 from .nested import map_tensors, replace_tensors, tensors_in
 from .record import Call, ModuleRecord, Trace
 from .select import Selector, select_modules
@@ -25,41 +25,17 @@ STORES = ("cpu", "device", None)
 _graph_task_id: Callable[[], int] = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
-class _Store:
-    """Forward values are copied when recorded (a later in-place op would change them); gradients
-    are kept as autograd gave them (it never writes into a gradient someone else holds), moved to
-    the CPU for store="cpu". Copies of the last few tensors are reused: one module's output is
-    usually the next one's input."""
-
-    RECENT = 8
-
-    def __init__(self, mode: str | None) -> None:
-        self.mode = mode
-        self._recent: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-
-    def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return t.to("cpu", copy=True) if self.mode == "cpu" else t.clone()
-
-    def value(self, t: torch.Tensor) -> torch.Tensor:
-        if t.is_inference() or t.is_sparse or t.layout != torch.strided:
-            return self._copy(t)
-        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)
-        hit = self._recent.get(key)
-        if hit is not None:
-            self._recent.move_to_end(key)
-            return hit[1]
-        copy = self._copy(t)
-        self._recent[key] = (t.detach(), copy)  # keeps t's address from reuse, not its graph
-        if len(self._recent) > self.RECENT:
-            self._recent.popitem(last=False)
-        return copy
-
-    def grad(self, g: torch.Tensor) -> torch.Tensor:
-        return g.detach().to("cpu") if self.mode == "cpu" else g.detach()
-
-    def clear(self) -> None:
-        self._recent.clear()
+def _own_params(module: nn.Module) -> dict[str, bool]:
+    """{name: requires_grad} of the module's own parameters, as named_parameters(recurse=False)."""
+    if type(module).named_parameters is not nn.Module.named_parameters:
+        return {k: p.requires_grad for k, p in module.named_parameters(recurse=False)}
+    params: dict[str, bool] = {}
+    seen: set[int] = set()
+    for k, p in module._parameters.items():
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            params[k] = p.requires_grad
+    return params
 
 
 class _Pending:
@@ -143,21 +119,22 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
                 "a nested `with` of the same trace",
                 "create a second backlens.trace(...) to nest",
             )
-        modules = dict(self.model.named_modules())
+        modules = {n: self.model.get_submodule(n) for n in self.selected}
         self.record = Trace(
             [
                 ModuleRecord(
                     n,
-                    type(modules[n]).__name__,
-                    is_linear=isinstance(modules[n], nn.Linear),
-                    params={k: p.requires_grad for k, p in modules[n].named_parameters(recurse=False)},
+                    type(m).__name__,
+                    is_linear=isinstance(m, nn.Linear),
+                    params=_own_params(m),
                 )
-                for n in self.selected
+                for n, m in modules.items()
             ]
         )
-        self._store = _Store(self.store)
+        self._store = Store(self.store)
         self._counts = dict.fromkeys(self.selected, 0)
-        self._stacks: dict[str, list[tuple[int, Any, Any, int]]] = {n: [] for n in self.selected}
+        # per module, calls in flight: (index, inputs, number of input tensors, edges, mark)
+        self._stacks: dict[str, list[tuple[int, Any, int, Any, int]]] = {n: [] for n in self.selected}
         self._seen: set[str] = set()
         self._waiting: dict[weakref.ref[_Pending], Call] = {}  # calls whose backward may come
         self._active: list[_Pending] = []
@@ -165,8 +142,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         self._order = 0
         self._enabled = True
         try:
-            for name in self.selected:
-                module = modules[name]
+            for name, module in modules.items():
                 self._handles.append(module.register_forward_pre_hook(functools.partial(self._before, name)))
                 self._handles.append(module.register_forward_hook(functools.partial(self._after, name)))
         except BaseException:
@@ -201,29 +177,42 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             self._seen.add(name)
             self.record._order.append(name)  # type: ignore[union-attr]
         index = self._counts[name]
-        self._counts[name] += 1
-        edges = input_edges(tensors_in(args)) if torch.is_grad_enabled() else []
+        self._counts[name] = index + 1
+        if len(args) == 1 and isinstance(args[0], torch.Tensor):  # the common case, made quick
+            t = args[0]
+            edges = [(0, edge_of(t))] if t.requires_grad and torch.is_grad_enabled() else []
+            inputs: tuple[Any, ...] = (self._store.value(t),)
+            n_in = 1
+        else:
+            tensors = tensors_in(args)
+            edges = input_edges(tensors) if torch.is_grad_enabled() else []
+            inputs = map_tensors(args, self._store.value)
+            n_in = len(tensors)
         mark = sequence_mark() if edges else 0
-        self._stacks[name].append((index, map_tensors(args, self._store.value), edges, mark))
+        self._stacks[name].append((index, inputs, n_in, edges, mark))
 
     def _after(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._enabled or not self._stacks[name]:
             return
-        index, inputs, edges, mark = self._stacks[name].pop()
-        call = Call(name, index, inputs, map_tensors(output, self._store.value))
+        index, inputs, n_in, edges, mark = self._stacks[name].pop()
+        if isinstance(output, torch.Tensor):
+            outs = [output]
+            call = Call(name, index, inputs, self._store.value(output))
+        else:
+            outs = tensors_in(output)
+            call = Call(name, index, inputs, map_tensors(output, self._store.value))
         if self.store is not None:
             self.record[name].calls.append(call)  # type: ignore[index]
-        outs = tensors_in(output)
         live = [(k, t) for k, t in enumerate(outs) if t.requires_grad] if torch.is_grad_enabled() else []
         if not live:
             self._emit(call)
             return
         self._order += 1
-        pending = _Pending(call, self._order, len(tensors_in(inputs)), len(outs))
+        pending = _Pending(call, self._order, n_in, len(outs))
         boundary = find_boundary(live, edges, mark)
         pending.same_as = boundary.same_as
         for k, t in live:
-            through = [i for kk, i in boundary.passthrough if kk == k]
+            through = [i for kk, i in boundary.passthrough if kk == k] if boundary.passthrough else []
             pending.handles.append(
                 t.register_hook(functools.partial(self._on_output_grad, pending, k, through))
             )
@@ -288,8 +277,14 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             summed = [None if not gs else functools.reduce(torch.add, gs) for gs in pending.grad_in]
             for i, first in pending.same_as.items():
                 summed[i] = summed[first]
-            call.grad_inputs = replace_tensors(call.inputs, iter(summed))
-            call.grad_outputs = replace_tensors(call.outputs, iter(pending.grad_out))
+            inputs, output = call.inputs, call.output
+            single_in = len(inputs) == 1 and isinstance(inputs[0], torch.Tensor)
+            call.grad_inputs = (summed[0],) if single_in else replace_tensors(inputs, iter(summed))
+            call.grad_outputs = (
+                (pending.grad_out[0],)
+                if isinstance(output, torch.Tensor)
+                else replace_tensors(call.outputs, iter(pending.grad_out))
+            )
         pending.call, pending.grad_in, pending.grad_out, pending.handles = None, [], [], []
         self._emit(call)
 

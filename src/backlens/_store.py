@@ -1,0 +1,92 @@
+"""How a trace keeps what it records: snapshots of forward values, gradients as autograd gave them."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["Store"]
+
+# torch's copy-on-write clone: the snapshot shares memory with its source until either is written
+# to, and the write then copies. Either way the snapshot keeps the value it had when taken.
+# Used on the CPU only, where a fresh copy's page faults cost more than the copy itself.
+# It is a private torch API: used only from the release it was tested on (2.13) onwards.
+_lazy_clone: Callable[[torch.Tensor], torch.Tensor] | None = (
+    getattr(torch, "_lazy_clone", None) if torch.__version__ >= "2.13" else None
+)
+
+
+class Store:
+    """Forward values are snapshots taken when recorded (a later in-place op would change them);
+    gradients are kept as autograd gave them (it never writes into a gradient someone else holds),
+    moved to the CPU for store="cpu". Snapshots of the last few tensors are reused: one module's
+    output is usually the next one's input.
+
+    On the CPU a snapshot is a copy-on-write clone where torch can make one (a plain contiguous
+    tensor that spans its whole storage): it costs nothing unless the source is written to while
+    the record holds it (an in-place activation), and then costs what `clone` costs. Elsewhere it
+    is `clone()` (store="device") or a copy to the CPU (store="cpu").
+    """
+
+    RECENT = 8
+
+    def __init__(self, mode: str | None) -> None:
+        self.mode = mode
+        self._recent: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def _copy(self, t: torch.Tensor, storage_bytes: int = -1) -> torch.Tensor:
+        t = t.detach()
+        if t.device.type != "cpu":
+            return t.to("cpu", copy=True) if self.mode == "cpu" else t.clone()
+        if _lazy_clone is not None and _spans_its_storage(t, storage_bytes):
+            try:
+                return _lazy_clone(t)
+            except (RuntimeError, NotImplementedError):  # memory torch cannot share: clone below
+                pass
+        return t.clone()
+
+    def value(self, t: torch.Tensor) -> torch.Tensor:
+        """A snapshot of forward value `t`, detached."""
+        if t.layout != torch.strided or t.is_inference() or t.is_meta:  # no storage or version
+            return self._copy(t)
+        # The cache holds the source, so its storage is not freed and reused meanwhile; a view
+        # of it shares storage and version: compare the rest on a hit. (Not data_ptr(): it would
+        # turn a copy-on-write source back into a copy.)
+        storage = t.untyped_storage()
+        key = (storage._cdata, t.storage_offset(), t._version)
+        hit = self._recent.get(key)
+        if hit is not None:
+            source, copy = hit
+            if (
+                source.shape == t.shape
+                and source.stride() == t.stride()
+                and source.dtype == t.dtype
+                and source.device == t.device
+            ):
+                self._recent.move_to_end(key)
+                return copy
+        copy = self._copy(t, storage.nbytes())
+        self._recent[key] = (t.detach(), copy)  # keeps t's storage alive, not its graph
+        self._recent.move_to_end(key)
+        if len(self._recent) > self.RECENT:
+            self._recent.popitem(last=False)
+        return copy
+
+    def grad(self, g: torch.Tensor) -> torch.Tensor:
+        return g.detach().to("cpu") if self.mode == "cpu" else g.detach()
+
+    def clear(self) -> None:
+        self._recent.clear()
+
+
+def _spans_its_storage(t: torch.Tensor, storage_bytes: int) -> bool:
+    """A plain tensor laid out exactly as `clone` would lay it out, over all of its storage
+    (`storage_bytes` long, or -1 if not yet known)."""
+    if type(t) is not torch.Tensor or not t.is_contiguous() or t.storage_offset() != 0:
+        return False
+    if storage_bytes < 0:
+        storage_bytes = t.untyped_storage().nbytes()
+    return storage_bytes == t.numel() * t.element_size() and not t.is_pinned()
