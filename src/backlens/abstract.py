@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .block import Block
 from .collect import collect
-from .compare import compare, fit_method, fitted_maps, parse_methods
+from .compare import compare, fit_all, fit_method, parse_methods
 from .datasets import load_dataset
 from .errors import fail
 from .mlp import build_mlp, parse_widths
 from .model_io import load_model, save_model
 from .scores import score
-from .train import default_loss, loader, split_dataset, task_metric, train_model
+from .train import default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
 
@@ -147,7 +147,7 @@ def _one_run(
     metric = {
         "train": task_metric(model, split.train),
         "test": task_metric(model, split.test),
-        "name": "accuracy" if data.task == "classification" else "mse",
+        "name": metric_name(data),
     }
     train_loader, test_loader = loader(split.train, 256), loader(split.test, 256)
     blocks = Block.parse(model, options.blocks)
@@ -156,6 +156,7 @@ def _one_run(
     for block in blocks:
         train_col = collect(model, block, train_loader, options.direction, loss, seed=seed)
         test_col = collect(model, block, test_loader, options.direction, loss, seed=seed + 1)
+        fitted = fit_all(block, train_col, methods, options.direction)
         rows = compare(
             model,
             block,
@@ -166,6 +167,7 @@ def _one_run(
             loss,
             train=train_col,
             test=test_col,
+            fitted=fitted,
         )
         entry: dict[str, Any] = {
             "block": block.label,
@@ -179,14 +181,14 @@ def _one_run(
                 for d in directions
                 for p in sample_size_curve(model, block, split.train.x, split.train.y, test_col, loss, d)
             ]
-            maps = fitted_maps(block, train_col, methods, options.direction)
+            maps = fitted[0]
             entry["spectra"] = {
-                k: torch.linalg.svdvals(lm.matrix.double()).tolist() for k, lm in maps.items()
+                f"{method}/{d}": torch.linalg.svdvals(lm.matrix.double()).tolist()
+                for (method, d), lm in maps.items()
             }
             if out is not None:
-                for key, lm in maps.items():
-                    method, direction = key.split("/")
-                    lm.save(out / "maps" / map_file_name(block.label, method, direction))
+                for (method, d), lm in maps.items():
+                    lm.save(out / "maps" / map_file_name(block.label, method, d))
         per_block.append(entry)
     if first and out is not None:
         save_model(model, widths, activation, out / "model.safetensors")

@@ -18,7 +18,7 @@ from .ridge import reduced_rank, ridge
 from .scores import score
 from .train import task_loss
 
-__all__ = ["compare", "CompareRow", "fit_method", "parse_methods", "METHODS"]
+__all__ = ["compare", "CompareRow", "fit_all", "fit_method", "parse_methods", "METHODS"]
 
 METHODS = ("ridge", "reduced-rank:R", "expected-mask", "mean-jacobian", "weights-only", "identity")
 CHAIN_ONLY = ("expected-mask", "weights-only")
@@ -146,12 +146,14 @@ def compare(
     show_progress: bool = False,
     train: Collection | None = None,
     test: Collection | None = None,
+    fitted: tuple[dict[tuple[str, str], LinearMap], dict[tuple[str, str], str]] | None = None,
 ) -> list[CompareRow]:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
     In use, forward: the task metric (accuracy for 'ce' and 'bce', MSE for 'mse') with the block replaced;
     the intact model gets a row of its own (method 'intact'). In use, backward: the mean cosine
     between true parameter gradients below the block and those through the backward map.
+    `train`, `test` and `fitted` (from `fit_all`) skip collecting or fitting again.
     """
     check_choice("direction", direction, ("forward", "backward", "both"))
     methods = parse_methods(methods)
@@ -174,17 +176,14 @@ def compare(
                 in_use_metric=metric_name,
             )
         )
-    fitted: dict[tuple[str, str], LinearMap] = {}
+    maps, notes = fitted or fit_all(block, train, methods, direction)
     for method in methods:
         for d in directions:
-            row = CompareRow(block.label, method, d)
-            try:
-                lm = fit_method(method, block, train, d)
-            except BacklensError as error:  # a method that cannot apply is reported, not dropped
-                row.note = str(error).split(". Fix:")[0].removeprefix("methods: expected ")
+            row = CompareRow(block.label, method, d, note=notes.get((method, d), ""))
+            if (method, d) not in maps:
                 rows.append(row)
                 continue
-            fitted[(method, d)] = lm
+            lm = maps[(method, d)]
             row.test_rel_error, row.test_r2, row.test_cosine = _scores(lm, test, d)
             row.train_rel_error, row.train_r2, row.train_cosine = _scores(lm, train, d)
             row.info = {k: v for k, v in lm.info.items() if isinstance(v, (int, float, str, type(None)))}
@@ -200,7 +199,7 @@ def compare(
                 )
             rows.append(row)
     for row in rows:
-        pair = (fitted.get((row.method, "forward")), fitted.get((row.method, "backward")))
+        pair = (maps.get((row.method, "forward")), maps.get((row.method, "backward")))
         if pair[0] is not None and pair[1] is not None:
             forward_matrix = pair[0].matrix.double()
             row.consistency = float(
@@ -209,15 +208,16 @@ def compare(
     return rows
 
 
-def fitted_maps(
+def fit_all(
     block: Block, collection: Collection, methods: Sequence[str], direction: str
-) -> dict[str, LinearMap]:
-    """The maps compare() fits, keyed 'method/direction', skipping those that do not apply."""
-    out = {}
+) -> tuple[dict[tuple[str, str], LinearMap], dict[tuple[str, str], str]]:
+    """Every method in every direction asked: the maps, and for those that cannot apply, why."""
+    maps: dict[tuple[str, str], LinearMap] = {}
+    notes: dict[tuple[str, str], str] = {}
     for method in parse_methods(methods):
         for d in ["forward", "backward"] if direction == "both" else [direction]:
             try:
-                out[f"{method}/{d}"] = fit_method(method, block, collection, d)
-            except BacklensError:  # compare() reports why; here only what exists is saved
-                continue
-    return out
+                maps[(method, d)] = fit_method(method, block, collection, d)
+            except BacklensError as error:  # a method that cannot apply is reported, not dropped
+                notes[(method, d)] = str(error).split(". Fix:")[0].removeprefix("methods: expected ")
+    return maps, notes

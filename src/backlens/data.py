@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -46,8 +44,3 @@ def seed_loader(
         )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def n_batches(n: int, batch_size: int) -> int:
-    """How many batches a loader of n samples yields."""
-    return math.ceil(n / batch_size)
