@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import check_finite, check_module, check_tensor, describe, fail
+from .errors import check_device, check_finite, check_module, check_tensor, describe, fail
 from .losses import LossRule, loss_rule
 from .rules import SUPPORTED_MODULES, ActivationRule, activation_rule
 
@@ -206,25 +206,13 @@ def prepare(
             describe(x),
             f"convert x with x.to({weight.dtype}) or the model with model.to({x.dtype})",
         )
-    if x.device != weight.device:
-        raise fail(
-            "x",
-            f"a tensor on {weight.device}, where the model is",
-            f"a tensor on {x.device}",
-            f"move it with x.to('{weight.device}')",
-        )
+    check_device("x", x, weight.device, "the model")
     if len(x) == 0:
         raise fail("x", "a non-empty batch", "0 rows", "pass at least one sample")
     check_finite("x", x)
     y = check_tensor("y", y)
     check_finite("y", y)
-    if y.device != x.device:
-        raise fail(
-            "y",
-            f"a tensor on {x.device}, where x is",
-            f"a tensor on {y.device}",
-            f"move it with y.to('{x.device}')",
-        )
+    check_device("y", y, x.device, "x")
     target = rule.target(y, (len(x), chain.out_features), x.dtype)
     return chain, x, target, rule
 

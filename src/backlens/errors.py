@@ -15,6 +15,7 @@ __all__ = [
     "check_tensor",
     "check_module",
     "check_finite",
+    "check_device",
     "check_choice",
     "check_positive_int",
 ]
@@ -91,6 +92,18 @@ def check_finite(argument: str, value: torch.Tensor) -> torch.Tensor:
                 f"{kind} (first in row {row})",
                 "clean or drop those rows",
             )
+    return value
+
+
+def check_device(argument: str, value: torch.Tensor, device: torch.device, where: str) -> torch.Tensor:
+    """Return `value` if it lives on `device` (where `where` is), else raise."""
+    if value.device != device:
+        raise fail(
+            argument,
+            f"a tensor on {device}, where {where} is",
+            f"a tensor on {value.device}",
+            f"move it with {argument}.to('{device}')",
+        )
     return value
 
 
