@@ -1,7 +1,7 @@
 """Trace benchmark: one SGD step of an MLP 784-1024-1024-1024-10 at batch 256, traced and not.
 
 Rows: plain; hooks keeping references (forward + full backward hooks, the cheapest recorder);
-backlens.trace with store="device", "cpu" and None (+ an on_record reducer); per-sample
+backlens.recording.tracing with store="device", "cpu" and None (+ an on_record reducer); per-sample
 gradients and per-sample gradient norms from a trace; Opacus GradSampleModule; BackPACK
 BatchGrad; torch.func vmap(grad). Each row: median milliseconds of a step after warm-up, the
 ratio to the plain step measured alongside it (rows run round-robin, so load on the machine hits

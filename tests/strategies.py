@@ -4,7 +4,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from backlens.mlp import ACTIVATIONS
+from backlens.workflows.mlp import ACTIVATIONS
 
 ACTIVATION_KINDS = [
     "relu",

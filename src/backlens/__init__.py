@@ -1,17 +1,17 @@
 """backlens: see backpropagation inside a PyTorch network and stand linear maps in for blocks."""
 
-from .analytic import expected_mask, identity, mean_jacobian, weights_only
-from .backprop import LayerTape, Tape, backprop
-from .check import CheckRow, Report, check
-from .data import seed_loader, seed_regression
+from .byhand.check import CheckRow, Report, check
+from .byhand.engine import LayerTape, Tape, backprop
 from .errors import BacklensError, BacklensWarning
-from .linear_map import LinearMap
-from .mlp import build_mlp
-from .moments import Moments
-from .record_io import load_record, save_record
-from .ridge import AlphaAtGridEdgeWarning, SingularSystemWarning, reduced_rank, ridge
-from .scores import Score, score
-from .trace import Call, ModuleRecord, Trace, trace
+from .linear.analytic import expected_mask, identity, mean_jacobian, weights_only
+from .linear.linear_map import LinearMap
+from .linear.moments import Moments
+from .linear.ridge import AlphaAtGridEdgeWarning, SingularSystemWarning, reduced_rank, ridge
+from .linear.scores import Score, score
+from .recording.files import load_record, save_record
+from .recording.tracing import Call, ModuleRecord, Trace, trace
+from .workflows.mlp import build_mlp
+from .workflows.seed_data import seed_loader, seed_regression
 
 __version__ = "0.1.0"
 
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # LinearAbstraction needs scikit-learn (≈ 1 s to import): load it on first use only.
     if name == "LinearAbstraction":
-        from .sklearn_api import LinearAbstraction
+        from .linear.estimator import LinearAbstraction
 
         return LinearAbstraction
     raise AttributeError(f"module 'backlens' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Blocks of a model: Block, collecting boundary pairs, comparing stand-ins, replacing a block in use."""

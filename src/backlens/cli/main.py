@@ -1,0 +1,76 @@
+"""The `backlens` command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..errors import BacklensError, BacklensWarning
+
+app = typer.Typer(
+    help="See what backpropagation does inside a PyTorch network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Wide enough for the result tables when output goes to a file or pipe.
+console = Console(width=None if sys.stdout.isatty() else 130)
+
+
+@app.callback()
+def main_callback() -> None:
+    """backlens: trace, check and abstract backpropagation in PyTorch models."""
+
+
+def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call fn; print a BacklensError as one clear line and exit 2 instead of a traceback.
+
+    backlens' own warnings are printed once each as a plain line, without a source path.
+    """
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, BacklensWarning):
+            if str(message) not in shown:
+                shown.add(str(message))
+                console.print(f"[yellow]warning ({category.__name__}):[/yellow] {message}")
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    original = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        return fn(*args, **kwargs)
+    except BacklensError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        warnings.showwarning = original
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed for data, model and experiments.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Directory for results.json and the PNG plot.")] = None,
+) -> None:
+    """Reproduce the seed notebook section by section (a-f)."""
+    from ..workflows.demo import run_demo
+
+    run_or_exit(run_demo, seed=seed, out=out, console=console)
+
+
+# Commands kept in their own modules register themselves on `app` when imported.
+from . import abstract, check, trace  # noqa: E402,F401
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

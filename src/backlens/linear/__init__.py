@@ -1,0 +1,1 @@
+"""The linear core: Moments, ridge, analytic maps, LinearMap, scores, the sklearn estimator."""

@@ -1,0 +1,81 @@
+"""LinearAbstraction: the data-fitted estimators as a scikit-learn regressor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..errors import check_choice, check_positive_int
+from .linear_map import LinearMap
+from .moments import Moments
+from .ridge import reduced_rank, ridge
+
+__all__ = ["LinearAbstraction"]
+
+METHODS = ("ridge", "reduced_rank")
+
+
+class LinearAbstraction(RegressorMixin, BaseEstimator):
+    """y ≈ X·coef_ᵀ + intercept_, fitted by streaming Moments and backlens.ridge / reduced_rank.
+
+    Parameters: method ("ridge" or "reduced_rank"), alpha (a number, "gcv" or ... as in
+    backlens.ridge; "validation" needs held-out moments and is not offered here), fit_intercept,
+    rank (for reduced_rank), grid (relative α grid), batch_size (rows per Moments update).
+    Learned: coef_ (n_targets, n_features) as scikit-learn's Ridge — the PyTorch weight layout,
+    intercept_, alpha_, map_ (the backlens.LinearMap), n_features_in_.
+    """
+
+    def __init__(
+        self,
+        method: str = "ridge",
+        alpha: float | str = "gcv",
+        fit_intercept: bool = True,
+        rank: int | None = None,
+        grid: Any = None,
+        batch_size: int = 4096,
+    ) -> None:
+        self.method = method
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.rank = rank
+        self.grid = grid
+        self.batch_size = batch_size
+
+    def fit(self, X: Any, y: Any) -> LinearAbstraction:
+        check_choice("method", self.method, METHODS)
+        check_positive_int("batch_size", self.batch_size)
+        if self.alpha == "validation":
+            check_choice("alpha", self.alpha, ("gcv", "a number"))
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        moments = Moments(X.shape[1], Y.shape[1], yy="diagonal")
+        for start in range(0, len(X), self.batch_size):
+            stop = start + self.batch_size
+            moments.update(X[start:stop], Y[start:stop])
+        if self.method == "ridge":
+            lm = ridge(moments, self.alpha, self.fit_intercept, grid=self.grid)
+        else:
+            rank = 1 if self.rank is None else self.rank
+            lm = reduced_rank(moments, rank, self.alpha, self.fit_intercept, grid=self.grid)
+        self.map_: LinearMap = lm
+        coef = lm.matrix.T.numpy().copy()
+        bias = lm.bias.numpy().copy()
+        self.coef_ = coef[0] if y.ndim == 1 else coef
+        self.intercept_ = float(bias[0]) if y.ndim == 1 else bias
+        self.alpha_ = float(lm.info["alpha"])
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        coef = np.atleast_2d(self.coef_)
+        out = X.astype(np.float64, copy=False) @ coef.T + self.intercept_
+        return out[:, 0] if np.ndim(self.coef_) == 1 else out
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags

@@ -1,0 +1,277 @@
+"""Streaming float64 sufficient statistics of (X, Y) pairs, exactly mergeable across shards."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import check_choice, check_positive_int, describe, fail
+from ..tensorfile import load_tensors, save_tensors
+from .accumulate import Sums
+
+__all__ = ["Moments", "YY_MODES"]
+
+# Shape convention: row vectors. X is (n, d_in), Y is (n, d_out); leading dims beyond the last
+# are flattened, so (batch, seq, d) activations are n = batch·seq rows.
+#
+# Precision: activations are uncentred and ill-conditioned, and XᵀX − n·μμᵀ then cancels
+# catastrophically. So every chunk is shifted by K (the mean of the first chunk: close to the
+# data's mean) while it is copied into a float64 buffer, and the sums kept are about K
+# (_accumulate.Sums: symmetric blocked float64 GEMMs, one pass per chunk). Centred statistics are read out
+# as C = S − s·sᵀ/n, which loses nothing while K is near the mean. Merging combines the centred
+# forms exactly (Chan, Golub & LeVeque): C = C_a + C_b + (n_a·n_b/n)·δδᵀ, δ = μ_b − μ_a.
+# Extra memory: O((d_in + d_out)·(d_in + d_out + chunk)).
+
+YY_MODES = ("full", "diagonal")
+KIND = "backlens.Moments"
+CHUNK_ROWS = 8192  # rows per internal step
+NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def _rows(argument: str, value: Any, width: int) -> torch.Tensor:
+    """`value` as a 2-D CPU tensor (n, width), leading dims flattened, or raise."""
+    if isinstance(value, np.ndarray):
+        with warnings.catch_warnings():  # a read-only array is fine: it is only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise fail(
+            argument,
+            "a torch.Tensor or numpy array",
+            describe(value),
+            "pass torch.as_tensor(value)",
+        )
+    if not value.is_floating_point():
+        raise fail(argument, "floating-point data", describe(value), "convert it with .double()")
+    if value.ndim < 2 or value.shape[-1] != width:
+        raise fail(
+            argument,
+            f"shape (n, {width}) (or (..., {width}))",
+            describe(value),
+            f"pass rows of {width} features, matching the Moments' dimensions",
+        )
+    value = value.detach().reshape(-1, width).cpu()
+    return value if value.dtype in NUMPY_FLOATS else value.float()
+
+
+class Moments:
+    """n, ΣX, ΣY, XᵀX, XᵀY, YᵀY of row pairs (x: d_in, y: d_out), streamed into float64 sums.
+
+    yy="diagonal" (the default) keeps diag(YᵀY): all that every estimator and score needs, and
+    free. yy="full" keeps the whole YᵀY (its upper triangle: about n·d_out² more flops).
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, yy: str = "diagonal") -> None:
+        self.d_in = check_positive_int("d_in", d_in)
+        self.d_out = check_positive_int("d_out", d_out)
+        self.yy_mode = check_choice("yy", yy, YY_MODES)
+        self._sums = Sums(d_in, d_out, yy == "full")
+
+    # ---- accumulation -------------------------------------------------------------------
+    def update(self, X: Any, Y: Any) -> Moments:
+        """Add the rows of X (n, d_in) and Y (n, d_out); any n, float32 or float64. Returns self.
+
+        NaN/Inf raise BacklensError naming the array and the first bad row, and leave the
+        Moments unchanged.
+        """
+        X = _rows("X", X, self.d_in)
+        Y = _rows("Y", Y, self.d_out)
+        if X.shape[0] != Y.shape[0]:
+            raise fail(
+                "X, Y",
+                "the same number of rows",
+                f"{X.shape[0]} and {Y.shape[0]}",
+                "pass one Y row per X row",
+            )
+        starts = range(0, X.shape[0], CHUNK_ROWS)
+        before = self._sums.snapshot() if len(starts) > 1 else None  # a bad row changes nothing
+        try:
+            for start in starts:
+                stop = start + CHUNK_ROWS
+                self._sums.add(X[start:stop], Y[start:stop], start)
+        except Exception:
+            if before is not None:
+                self._sums.restore(before)
+            raise
+        return self
+
+    # ---- centred form ---------------------------------------------------------------------
+    def _centred(self) -> dict[str, torch.Tensor]:
+        """mean_x, mean_y, cxx, cxy, cyy_diag (and cyy), all float64 (zeros when n = 0)."""
+        return self._sums.centred()
+
+    def _set_centred(self, n: int, c: dict[str, torch.Tensor]) -> None:
+        """Store centred statistics, shifted by their own means (so the stored sums are zero)."""
+        self._sums.set_centred(n, c)
+
+    @property
+    def _n(self) -> int:
+        return self._sums.n
+
+    def merge(self, other: Moments) -> Moments:
+        """Add another Moments' samples (exact: the same statistics as one stream). Returns self."""
+        if not isinstance(other, Moments):
+            raise fail("other", "a backlens.Moments", describe(other), "merge Moments with Moments")
+        if (other.d_in, other.d_out) != (self.d_in, self.d_out):
+            raise fail(
+                "other",
+                f"Moments of shape (d_in={self.d_in}, d_out={self.d_out})",
+                f"(d_in={other.d_in}, d_out={other.d_out})",
+                "merge statistics of the same block",
+            )
+        if self.yy_mode == "full" and other.yy_mode != "full":
+            raise fail(
+                "other",
+                "Moments with yy='full' (this one keeps full YᵀY)",
+                "yy='diagonal'",
+                "merge into the diagonal one instead: diagonal.merge(full)",
+            )
+        if other._n == 0:
+            return self
+        b = other._centred()
+        if self._n == 0:
+            self._set_centred(other._n, b)
+            return self
+        a = self._centred()
+        n_a, n_b = self._n, other._n
+        n = n_a + n_b
+        dx, dy = b["mean_x"] - a["mean_x"], b["mean_y"] - a["mean_y"]
+        f = n_a * n_b / n
+        merged = {
+            "mean_x": a["mean_x"] + dx * (n_b / n),
+            "mean_y": a["mean_y"] + dy * (n_b / n),
+            "cxx": a["cxx"] + b["cxx"] + f * torch.outer(dx, dx),
+            "cxy": a["cxy"] + b["cxy"] + f * torch.outer(dx, dy),
+            "cyy_diag": a["cyy_diag"] + b["cyy_diag"] + f * dy * dy,
+        }
+        if "cyy" in a:
+            merged["cyy"] = a["cyy"] + b["cyy"] + f * torch.outer(dy, dy)
+        self._set_centred(n, merged)
+        return self
+
+    def copy(self) -> Moments:
+        """An independent copy."""
+        return Moments(self.d_in, self.d_out, yy=self.yy_mode).merge(self)
+
+    # ---- statistics (float64 tensors, fresh copies) --------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of rows seen."""
+        return self._n
+
+    @property
+    def mean_x(self) -> torch.Tensor:
+        return self._centred()["mean_x"]
+
+    @property
+    def mean_y(self) -> torch.Tensor:
+        return self._centred()["mean_y"]
+
+    @property
+    def cxx(self) -> torch.Tensor:
+        """Σ(x−μx)ᵀ(x−μx), (d_in, d_in)."""
+        return self._centred()["cxx"]
+
+    @property
+    def cxy(self) -> torch.Tensor:
+        """Σ(x−μx)ᵀ(y−μy), (d_in, d_out)."""
+        return self._centred()["cxy"]
+
+    @property
+    def cyy(self) -> torch.Tensor:
+        """Σ(y−μy)ᵀ(y−μy), (d_out, d_out); needs yy='full'."""
+        if self.yy_mode != "full":
+            raise fail(
+                "Moments.cyy",
+                "Moments built with yy='full'",
+                "yy='diagonal'",
+                "use cyy_diag, or accumulate with Moments(d_in, d_out, yy='full')",
+            )
+        return self._centred()["cyy"]
+
+    @property
+    def cyy_diag(self) -> torch.Tensor:
+        """diag of Σ(y−μy)ᵀ(y−μy), (d_out,)."""
+        return self._centred()["cyy_diag"]
+
+    @property
+    def sum_x(self) -> torch.Tensor:
+        """ΣX, (d_in,)."""
+        return self.mean_x * self._n
+
+    @property
+    def sum_y(self) -> torch.Tensor:
+        """ΣY, (d_out,)."""
+        return self.mean_y * self._n
+
+    @property
+    def xx(self) -> torch.Tensor:
+        """XᵀX, (d_in, d_in)."""
+        mean = self.mean_x
+        return self.cxx + self._n * torch.outer(mean, mean)
+
+    @property
+    def xy(self) -> torch.Tensor:
+        """XᵀY, (d_in, d_out)."""
+        return self.cxy + self._n * torch.outer(self.mean_x, self.mean_y)
+
+    @property
+    def yy(self) -> torch.Tensor:
+        """YᵀY, (d_out, d_out); needs yy='full'."""
+        mean = self.mean_y
+        return self.cyy + self._n * torch.outer(mean, mean)
+
+    @property
+    def yy_diag(self) -> torch.Tensor:
+        """diag(YᵀY), (d_out,)."""
+        return self.cyy_diag + self._n * self.mean_y**2
+
+    # ---- files ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write as safetensors (never pickle), atomically: a killed write leaves no valid file."""
+        c = self._centred()
+        tensors = {"n": torch.tensor([self._n], dtype=torch.int64), **c}
+        meta = {"d_in": self.d_in, "d_out": self.d_out, "yy": self.yy_mode}
+        return save_tensors(path, tensors, KIND, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Moments:
+        """Read a file written by Moments.save; anything else raises BacklensError."""
+        tensors, meta = load_tensors(path, KIND)
+        try:
+            d_in, d_out, yy = int(meta["d_in"]), int(meta["d_out"]), str(meta["yy"])
+            out = cls(d_in, d_out, yy=yy)
+            shapes = {
+                "n": (1,),
+                "mean_x": (d_in,),
+                "mean_y": (d_out,),
+                "cxx": (d_in, d_in),
+                "cxy": (d_in, d_out),
+                "cyy_diag": (d_out,),
+            }
+            if yy == "full":
+                shapes["cyy"] = (d_out, d_out)
+            for name, shape in shapes.items():
+                if tuple(tensors[name].shape) != shape:
+                    raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, not {shape}")
+            n = int(tensors["n"][0])
+            stats = {k: tensors[k].to(torch.float64) for k in shapes if k != "n"}
+            if n < 0 or not all(bool(torch.isfinite(t).all()) for t in stats.values()):
+                raise ValueError("negative n or non-finite statistics")
+        except (KeyError, ValueError, TypeError) as err:
+            raise fail(
+                "path",
+                "a consistent Moments file",
+                f"{path}: {err}",
+                "rewrite it with Moments.save",
+            ) from None
+        out._set_centred(n, stats)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Moments(d_in={self.d_in}, d_out={self.d_out}, n={self._n}, yy={self.yy_mode!r})"

@@ -1,0 +1,338 @@
+"""Ridge and reduced-rank ridge from Moments, with α fixed, by exact GCV, or on held-out Moments."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.linalg import lapack
+
+from ..errors import BacklensWarning, check_positive_int, describe, fail
+from .linear_map import LinearMap
+from .moments import Moments
+
+__all__ = [
+    "ridge",
+    "reduced_rank",
+    "DEFAULT_GRID",
+    "AlphaAtGridEdgeWarning",
+    "SingularSystemWarning",
+]
+
+# Shape convention: row vectors, Y ≈ X·M + b with M (d_in, d_out). With intercept the system is
+# the centred one, A = Σ(x−μx)ᵀ(x−μx), B = Σ(x−μx)ᵀ(y−μy), b = μy − μx·M; without it, A = XᵀX,
+# B = XᵀY, b = 0. Ridge: M(α) = (A + αI)⁻¹B.
+#
+# Every α on a grid costs O(d) after ONE eigendecomposition A = V·diag(λ)·Vᵀ, Q = VᵀB:
+#   M(α)   = V·diag(1/(λ+α))·Q
+#   RSS(α) = RSS₀ + Σᵢ ‖qᵢ‖²·α²/(λᵢ(λᵢ+α)²)       RSS₀ = Σ‖y−cy‖² − Σᵢ ‖qᵢ‖²/λᵢ (the OLS residual)
+#   n − df(α) = (n − intercept − rank) + Σᵢ α/(λᵢ+α)
+#   GCV(α) = n·RSS(α) / (n − df(α))²                (Golub, Heath & Wahba 1979)
+# (sums over the numerically non-zero λᵢ). Written this way RSS and n − df are sums of positive
+# terms, so GCV stays accurate as α → 0 even when d ≥ n and the fit interpolates.
+
+# α is relative to tr(A)/d, the mean eigenvalue: gradients on a well-fit model are tiny, so an
+# absolute α would be wrong by orders of magnitude.
+DEFAULT_GRID: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 20))
+ALPHA_RULES = ("gcv", "validation")
+
+
+class AlphaAtGridEdgeWarning(BacklensWarning):
+    """The chosen α is the smallest or largest on the grid: the best α may lie beyond it."""
+
+
+class SingularSystemWarning(BacklensWarning):
+    """XᵀX + αI is singular: the minimum-norm solution (pseudo-inverse) is returned."""
+
+
+@dataclass
+class _System:
+    A: torch.Tensor  # (d, d)
+    B: torch.Tensor  # (d, k)
+    yy: float  # Σ‖y − cy‖²
+    cx: torch.Tensor  # (d,) centre of x: μx with intercept, else 0
+    cy: torch.Tensor  # (k,)
+    n: int
+    intercept: bool
+
+    @property
+    def scale(self) -> float:
+        """tr(A)/d, the mean eigenvalue (1 when A is zero, where every α gives M = 0)."""
+        value = float(torch.trace(self.A)) / self.A.shape[0]
+        return value if value > 0 else 1.0
+
+
+@dataclass
+class _Eig:
+    lam: torch.Tensor  # (d,) eigenvalues, clipped at 0
+    V: torch.Tensor  # (d, d)
+    Q: torch.Tensor  # (d, k) = VᵀB
+    pos: torch.Tensor  # (d,) bool: numerically non-zero eigenvalues
+
+    @property
+    def rank(self) -> int:
+        return int(self.pos.sum())
+
+
+def _system(m: Moments, intercept: bool) -> _System:
+    if intercept:
+        return _System(m.cxx, m.cxy, float(m.cyy_diag.sum()), m.mean_x, m.mean_y, m.n, True)
+    zeros_x, zeros_y = (
+        torch.zeros(m.d_in, dtype=torch.float64),
+        torch.zeros(m.d_out, dtype=torch.float64),
+    )
+    return _System(m.xx, m.xy, float(m.yy_diag.sum()), zeros_x, zeros_y, m.n, False)
+
+
+def _eig(s: _System) -> _Eig:
+    lam, V = torch.linalg.eigh(s.A)
+    top = float(lam.max().clamp_min(0))
+    tol = max(s.A.shape[0], s.n) * float(torch.finfo(torch.float64).eps) * top
+    return _Eig(lam.clamp_min(0), V, V.T @ s.B, lam > tol)
+
+
+def _gcv(s: _System, e: _Eig, alphas: np.ndarray) -> np.ndarray:
+    """GCV(α) for each α, exact from the moments (formulas at the top of the module)."""
+    lam = e.lam[e.pos].numpy()[None, :]
+    qn = (e.Q[e.pos] ** 2).sum(dim=1).numpy()[None, :]
+    a = alphas[:, None]
+    rss0 = max(s.yy - float((qn / lam).sum()), 0.0)
+    rss = rss0 + (qn * a**2 / (lam * (lam + a) ** 2)).sum(axis=1)
+    resdof = max(s.n - int(s.intercept) - e.rank, 0) + (a / (lam + a)).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = s.n * rss / resdof**2
+    return np.where(resdof > 1e-12 * s.n, scores, np.inf)
+
+
+def _held_out_sse(s: _System, e: _Eig, val: Moments, alphas: np.ndarray) -> np.ndarray:
+    """Σ‖y − x·M(α) − b(α)‖² over the held-out rows, for each α, exact from their moments.
+
+    With u = ν_x − cx, w = ν_y − cy (ν: held-out means), Sxx = Cxx' + n'uuᵀ, Sxy = Cxy' + n'uwᵀ,
+    syy = tr Cyy' + n'‖w‖²: SSE = syy − 2·tr(MᵀSxy) + tr(MᵀSxxM); in the eigenbasis this is
+    syy − 2·Σᵢ Dᵢ⟨qᵢ, pᵢ⟩ + DᵀHD with D = 1/(λ+α), P = VᵀSxy, H = (VᵀSxxV) ∘ (QQᵀ).
+    """
+    u, w = val.mean_x - s.cx, val.mean_y - s.cy
+    sxx = val.cxx + val.n * torch.outer(u, u)
+    sxy = val.cxy + val.n * torch.outer(u, w)
+    syy = float(val.cyy_diag.sum()) + val.n * float(w @ w)
+    qp = (e.Q * (e.V.T @ sxy)).sum(dim=1).numpy()
+    H = ((e.V.T @ sxx @ e.V) * (e.Q @ e.Q.T)).numpy()
+    D = 1.0 / (e.lam.numpy()[None, :] + alphas[:, None])  # (grid, d)
+    return syy - 2.0 * D @ qp + np.einsum("gi,ij,gj->g", D, H, D)
+
+
+def _check_moments(argument: str, m: Any, least: int = 1) -> Moments:
+    if not isinstance(m, Moments):
+        raise fail(
+            argument,
+            "a backlens.Moments",
+            describe(m),
+            "accumulate one with Moments(d_in, d_out).update(X, Y)",
+        )
+    if m.n < least:
+        raise fail(
+            argument,
+            f"at least {least} sample(s)",
+            f"n_samples = {m.n}",
+            "update it with data first",
+        )
+    return m
+
+
+def _grid(grid: Any) -> np.ndarray:
+    values = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64).ravel()
+    if values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
+        raise fail(
+            "grid",
+            "a non-empty sequence of positive finite numbers (relative to tr(XᵀX)/d)",
+            repr(grid),
+            "pass e.g. numpy.logspace(-8, 2, 20), or leave it None",
+        )
+    return np.unique(values)
+
+
+def _resolve_alpha(
+    s: _System, alpha: Any, validation: Any, grid: Any
+) -> tuple[float, dict[str, Any], _Eig | None]:
+    """The one place α is decided: a number, 'gcv', or 'validation'. Returns (α, info, eig)."""
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+        value = float(alpha)
+        if not (np.isfinite(value) and value >= 0):
+            raise fail(
+                "alpha",
+                "a finite number >= 0, 'gcv' or 'validation'",
+                repr(alpha),
+                "pass a non-negative ridge penalty",
+            )
+        if validation is not None or grid is not None:
+            raise fail(
+                "validation/grid",
+                "None with a numeric alpha",
+                "a value",
+                "use alpha='validation' or alpha='gcv' to choose α on them",
+            )
+        return value, {"alpha_source": "fixed"}, None
+    if alpha not in ALPHA_RULES:
+        raise fail("alpha", "a finite number >= 0, 'gcv' or 'validation'", repr(alpha), "pass one of those")
+    rel = _grid(grid)
+    alphas = rel * s.scale
+    e = _eig(s)
+    if alpha == "gcv":
+        if validation is not None:
+            raise fail(
+                "validation",
+                "None with alpha='gcv'",
+                describe(validation),
+                "use alpha='validation'",
+            )
+        scores = _gcv(s, e, alphas)
+    else:
+        val = _check_moments("validation", validation)
+        if (val.d_in, val.d_out) != (s.A.shape[0], s.B.shape[1]):
+            raise fail(
+                "validation",
+                f"Moments with d_in={s.A.shape[0]}, d_out={s.B.shape[1]}",
+                f"d_in={val.d_in}, d_out={val.d_out}",
+                "accumulate held-out pairs of the same block",
+            )
+        scores = _held_out_sse(s, e, val, alphas)
+    if not np.isfinite(scores).any():
+        raise fail(
+            "moments",
+            f"more samples than fitted degrees of freedom for alpha={alpha!r}",
+            f"n_samples = {s.n}",
+            "add samples or pass a number for alpha",
+        )
+    best = int(np.nanargmin(np.where(np.isfinite(scores), scores, np.inf)))
+    if len(alphas) > 1 and best in (0, len(alphas) - 1):
+        side = "smallest" if best == 0 else "largest"
+        warnings.warn(
+            f"alpha={alpha!r} chose the {side} α on the grid ({rel[best]:g} × tr(XᵀX)/d); "
+            "the best α "
+            "may lie beyond it: widen `grid` to check",
+            AlphaAtGridEdgeWarning,
+            stacklevel=3,
+        )
+    info = {
+        "alpha_source": alpha,
+        "grid": (rel * s.scale).tolist(),
+        "grid_relative": rel.tolist(),
+        "criterion": [float(v) if np.isfinite(v) else None for v in scores],
+    }
+    return float(alphas[best]), info, e
+
+
+def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """M = (A + αI)⁻¹B: by Cholesky for a fixed α, from the eigendecomposition when there is one."""
+    d, k = s.B.shape
+    if e is None:
+        eye = torch.eye(d, dtype=torch.float64)
+        system = s.A + alpha * eye
+        L, status = torch.linalg.cholesky_ex(system)
+        if int(status) == 0:
+            # LAPACK's 1-norm estimate from the factor, O(d²)
+            anorm = float(system.abs().sum(dim=0).max())
+            rcond, _ = lapack.dpocon(np.asfortranarray(L.numpy()), anorm, uplo="L")
+            cond = 1.0 / rcond if rcond > 0 else float("inf")
+            info = {"condition": cond, "rank": min(d, k), "solver": "cholesky"}
+            return torch.cholesky_solve(s.B, L), info
+        e = _eig(s)
+        warnings.warn(
+            f"XᵀX + αI is singular at alpha={alpha:g} (n={s.n}, d={d}); returning the minimum-norm "
+            "solution from its eigendecomposition. Use alpha='gcv' or a larger alpha for a "
+            "ridge fit.",
+            SingularSystemWarning,
+            stacklevel=3,
+        )
+    shifted = e.lam + alpha
+    keep = e.pos if alpha == 0 else shifted > 0
+    D = torch.where(keep, 1.0 / shifted.where(keep, torch.ones_like(shifted)), torch.zeros_like(shifted))
+    M = e.V @ (D[:, None] * e.Q)
+    low = float(shifted.min())
+    cond = float(shifted.max()) / low if low > 0 else float("inf")
+    return M, {"condition": cond, "rank": min(e.rank, k), "solver": "eigh"}
+
+
+def _fit(
+    moments: Any, alpha: Any, intercept: Any, validation: Any, grid: Any
+) -> tuple[_System, torch.Tensor, float, dict[str, Any]]:
+    m = _check_moments("moments", moments)
+    if not isinstance(intercept, bool):
+        raise fail("intercept", "True or False", repr(intercept), "pass a bool")
+    s = _system(m, intercept)
+    alpha_value, info, e = _resolve_alpha(s, alpha, validation, grid)
+    M, solve_info = _solve(s, alpha_value, e)
+    info.update(solve_info)
+    info.update(
+        {
+            "alpha": alpha_value,
+            "alpha_relative": alpha_value / s.scale,
+            "n": s.n,
+            "intercept": intercept,
+            "d_in": m.d_in,
+            "d_out": m.d_out,
+        }
+    )
+    return s, M, alpha_value, info
+
+
+def _map(s: _System, M: torch.Tensor, method: str, info: dict[str, Any]) -> LinearMap:
+    bias = s.cy - s.cx @ M  # zero without intercept
+    return LinearMap(M, bias, method, info)
+
+
+def ridge(
+    moments: Moments,
+    alpha: float | str = "gcv",
+    intercept: bool = True,
+    *,
+    validation: Moments | None = None,
+    grid: Any = None,
+) -> LinearMap:
+    """Ridge map M = (XcᵀXc + αI)⁻¹XcᵀYc (centred when intercept=True), from the moments alone.
+
+    alpha: a number ≥ 0 (absolute); "gcv" (generalized cross-validation, exact from the moments,
+    one eigendecomposition for the whole grid); or "validation" (least error on the held-out
+    `validation` Moments, also exact). grid: α values relative to tr(XᵀX)/d (default
+    DEFAULT_GRID, 20 points from 1e-8 to 1e2). Equals scikit-learn's Ridge(alpha, fit_intercept).
+    """
+    s, M, _, info = _fit(moments, alpha, intercept, validation, grid)
+    return _map(s, M, "ridge", info)
+
+
+def reduced_rank(
+    moments: Moments,
+    rank: int,
+    alpha: float | str = "gcv",
+    intercept: bool = True,
+    *,
+    validation: Moments | None = None,
+    grid: Any = None,
+) -> LinearMap:
+    """Reduced-rank ridge: the ridge fit projected on the top-`rank` directions of its fit.
+
+    With X* = [Xc; √α·I], the fitted values X*·M have Gram Mᵀ(XcᵀXc + αI)M; its top-r
+    eigenvectors U_r give M_r = M·U_r·U_rᵀ, the best rank-r fit of the augmented problem
+    (Mukherjee & Zhu 2011). α is chosen (or given) for the full-rank ridge fit.
+    """
+    m = _check_moments("moments", moments)
+    r = check_positive_int("rank", rank)
+    if r > min(m.d_in, m.d_out):
+        raise fail(
+            "rank",
+            f"an int in 1..min(d_in, d_out) = 1..{min(m.d_in, m.d_out)}",
+            repr(rank),
+            "pass a smaller rank (full rank is plain ridge)",
+        )
+    s, M, alpha_value, info = _fit(m, alpha, intercept, validation, grid)
+    gram = M.T @ (s.A @ M + alpha_value * M)
+    gram = (gram + gram.T) / 2
+    values, U = torch.linalg.eigh(gram)  # ascending
+    Ur = U[:, -r:]
+    total = float(values.clamp_min(0).sum())
+    info.update({"rank": r, "retained": float(values[-r:].clamp_min(0).sum()) / total if total > 0 else 1.0})
+    return _map(s, M @ Ur @ Ur.T, "reduced_rank", info)

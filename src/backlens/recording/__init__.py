@@ -1,0 +1,1 @@
+"""The record: trace context, Record/Call, store, graph glue, selection, per-sample grads, files."""

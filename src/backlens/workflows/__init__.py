@@ -1,0 +1,1 @@
+"""Workflows: datasets, model builders, training, the demo and abstract runs, reports and plots."""

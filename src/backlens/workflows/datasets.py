@@ -1,0 +1,163 @@
+"""Bundled datasets as tensors: the notebook's seed set, scikit-learn's digits and diabetes, CSV files."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import fail
+from .seed_data import seed_regression
+
+__all__ = ["Dataset", "load_dataset", "load_csv", "DATASET_NAMES"]
+
+DATASET_NAMES = ("seed", "digits", "diabetes")
+# A CSV target with at most this many distinct integer values is treated as class labels.
+MAX_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features x (n, d), targets y ((n,) int64 labels or (n, k) floats) and what the task is."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    task: str  # "classification" or "regression"
+    n_classes: int | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes if self.n_classes is not None else int(self.y.shape[1])
+
+    def check_widths(self, widths: list[int]) -> None:
+        """Raise unless the first width is the feature count and the last the output count."""
+        if widths[0] != self.n_features or widths[-1] != self.n_outputs:
+            fixed = [self.n_features, *widths[1:-1], self.n_outputs]
+            raise fail(
+                "--layers",
+                f"first width {self.n_features} and last width {self.n_outputs} for "
+                f"{self.name} ({self.task})",
+                ",".join(map(str, widths)),
+                f"use --layers {','.join(map(str, fixed))}",
+            )
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    std = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+
+def load_dataset(
+    name: str, dtype: torch.dtype = torch.float32, seed: int = 0, target: str | None = None
+) -> Dataset:
+    """'seed', 'digits' (1797 × 64, 10 classes), 'diabetes' (442 × 10, regression), or a CSV path."""
+    if name.endswith(".csv"):
+        return load_csv(name, target=target, dtype=dtype)
+    if name == "seed":
+        x, y = seed_regression(128, seed=seed, dtype=dtype)
+        return Dataset("seed", x, y.unsqueeze(1), "regression")
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = torch.as_tensor(bunch.data / 16.0, dtype=dtype)  # pixel intensities 0..16 -> 0..1
+        return Dataset("digits", x, torch.as_tensor(bunch.target, dtype=torch.int64), "classification", 10)
+    if name == "diabetes":
+        from sklearn.datasets import load_diabetes
+
+        bunch = load_diabetes()
+        target_std = _standardize(bunch.target.reshape(-1, 1))
+        return Dataset(
+            "diabetes",
+            torch.as_tensor(_standardize(bunch.data), dtype=dtype),
+            torch.as_tensor(target_std, dtype=dtype),
+            "regression",
+        )
+    raise fail(
+        "data",
+        "one of " + ", ".join(DATASET_NAMES) + " or a path ending in .csv",
+        repr(name),
+        "pick a bundled dataset or give a CSV file",
+    )
+
+
+def load_csv(path: str | Path, target: str | None, dtype: torch.dtype = torch.float32) -> Dataset:
+    """Numeric CSV with a header; `target` names the label column. Features are standardized.
+
+    The task is classification when the target holds integers with at most MAX_CLASSES distinct
+    values (relabelled 0..C-1), else regression (target standardized).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise fail("data", "an existing CSV file", str(path), "check the path")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        raise fail(
+            "data",
+            "a CSV with a header row and at least one data row",
+            f"{len(rows)} rows",
+            "add data",
+        )
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    if target is None or target not in header:
+        raise fail(
+            "--target",
+            "a column of " + str(path.name) + " (" + ", ".join(header) + ")",
+            repr(target),
+            "name the column holding the labels or values to predict",
+        )
+    values = np.empty((len(body), len(header)))
+    for r, row in enumerate(body, start=2):  # row numbers as a spreadsheet shows them
+        if len(row) != len(header):
+            raise fail(
+                "data",
+                f"{len(header)} fields per row",
+                f"{len(row)} fields in row {r}",
+                "fix that row",
+            )
+        for c, cell in enumerate(row):
+            text = cell.strip()
+            if text == "" or text.lower() in ("na", "nan", "null"):
+                raise fail(
+                    "data",
+                    "no missing values",
+                    f"missing value in column {header[c]!r}, row {r}",
+                    "fill or drop that row",
+                )
+            try:
+                values[r - 2, c] = float(text)
+            except ValueError:
+                raise fail(
+                    "data",
+                    "numeric columns",
+                    f"{text!r} in column {header[c]!r}, row {r}",
+                    "encode it as a number or drop the column",
+                ) from None
+    t = header.index(target)
+    x = np.delete(values, t, axis=1)
+    y = values[:, t]
+    labels = np.unique(y)
+    if np.all(y == np.round(y)) and len(labels) <= MAX_CLASSES:
+        classes = np.searchsorted(labels, y)
+        return Dataset(
+            path.stem,
+            torch.as_tensor(_standardize(x), dtype=dtype),
+            torch.as_tensor(classes, dtype=torch.int64),
+            "classification",
+            len(labels),
+        )
+    return Dataset(
+        path.stem,
+        torch.as_tensor(_standardize(x), dtype=dtype),
+        torch.as_tensor(_standardize(y.reshape(-1, 1)), dtype=dtype),
+        "regression",
+    )
