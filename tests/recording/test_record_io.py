@@ -93,6 +93,37 @@ def test_keys_name_module_call_and_field(tmp_path: Path) -> None:
     } <= keys
 
 
+class RunsBackwards(nn.Module):
+    """Registers first, second, unused, but runs second before first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second, self.unused = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.first(self.second(x))
+
+
+def test_names_follow_the_run_order_through_save_and_load(tmp_path: Path) -> None:
+    model = RunsBackwards()
+    with backlens.trace(model) as rec:
+        model(torch.randn(2, 3)).sum().backward()
+    assert rec.names == ["second", "first", "unused"]  # those that ran in order, then the rest
+    assert backlens.load_record(rec.save(tmp_path / "r.safetensors")).names == rec.names
+
+
+def test_trace_order_argument_and_mark_ran() -> None:
+    rec = backlens.Trace([backlens.ModuleRecord(n, "Linear") for n in "abc"], order=["c"])
+    assert rec.names == ["c", "a", "b"]
+    rec.mark_ran("b")
+    rec.mark_ran("c")  # a second run keeps the place of the first
+    assert rec.names == ["c", "b", "a"]
+    with pytest.raises(backlens.BacklensError, match="name: expected a module name of this trace"):
+        rec.mark_ran("z")
+    with pytest.raises(backlens.BacklensError, match="'z'"):
+        backlens.Trace([backlens.ModuleRecord("a", "Linear")], order=["z"])
+
+
 def test_per_sample_grads_from_a_loaded_record(tmp_path: Path) -> None:
     model = backlens.build_mlp([3, 4, 2], "relu", seed=0)
     with backlens.trace(model, select=[nn.Linear]) as rec:

@@ -119,8 +119,8 @@ def load_record(path: str | os.PathLike[str]) -> Trace:
                     fields[attr] = replace_tensors(shape, stored)
                 record.calls.append(Call(spec["name"], int(entry["index"]), **fields))
             records.append(record)
-        trace = Trace(records)
-        trace._order = [n for n in meta["order"] if any(r.name == n and r.calls for r in records)]
+        ran = [n for n in meta["order"] if any(r.name == n and r.calls for r in records)]
+        trace = Trace(records, order=ran)
     except (KeyError, TypeError, ValueError) as err:
         raise fail(
             "path",

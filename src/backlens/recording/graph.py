@@ -7,36 +7,26 @@ finds the same edges without touching the tensors the model sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
+from ..torch_private import PythonNode, next_sequence_nr, sequence_nr
+
 __all__ = ["Boundary", "sequence_mark", "edge_of", "input_edges", "find_boundary"]
-
-_PythonNode = torch._C._FunctionBase
-_PROBE = torch.empty(0, requires_grad=True)
-
-
-def _probe_sequence_nr() -> int:
-    with torch.enable_grad():  # the probe's view must get a node
-        return _PROBE.view_as(_PROBE).grad_fn._sequence_nr() + 1  # type: ignore[union-attr]
-
-
-# The number the next node created in this thread will get (a probe node where torch lacks it).
-_next_sequence_nr: Callable[[], int] = getattr(torch.autograd, "_get_sequence_nr", _probe_sequence_nr)
 
 
 def sequence_mark() -> int:
     """The autograd sequence number now: nodes created later in this thread have larger ones."""
-    return _next_sequence_nr() - 1
+    return next_sequence_nr() - 1
 
 
 def edge_of(tensor: torch.Tensor) -> GradientEdge:
     """`get_gradient_edge(tensor)`, without its Python overhead when the edge is a C++ node."""
     node = tensor.grad_fn
-    if node is None or isinstance(node, _PythonNode):  # a leaf, or a node that needs a token
+    if node is None or isinstance(node, PythonNode):  # a leaf, or a node that needs a token
         return get_gradient_edge(tensor)
     return GradientEdge(node, tensor.output_nr)
 
@@ -84,7 +74,7 @@ def find_boundary(
         hit = targets.get((id(edge.node), edge.output_nr))
         if hit is not None:
             passthrough.append((k, hit))
-        elif edge.node._sequence_nr() > mark:
+        elif sequence_nr(edge.node) > mark:
             stack.append(edge.node)
     seen: dict[int, Node] = {}  # holds the nodes, so their ids stay unique during the walk
     nodes: list[tuple[Node, list[tuple[int, int]]]] = []
@@ -100,7 +90,7 @@ def find_boundary(
             hit = targets.get((id(child), output_nr))
             if hit is not None:
                 pairs.append((j, hit))
-            elif child._sequence_nr() > mark and child.next_functions:
+            elif sequence_nr(child) > mark and child.next_functions:
                 stack.append(child)
         if pairs:
             nodes.append((node, pairs))

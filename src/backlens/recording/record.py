@@ -120,16 +120,28 @@ class ModuleRecord:
 
 
 class Trace:
-    """The records of one `trace` context, indexed by module name."""
+    """The records of one `trace` context, indexed by module name.
 
-    def __init__(self, records: Sequence[ModuleRecord]) -> None:
+    order: names of the modules that have run, in the order they first ran (a trace notes each
+    with `mark_ran` as it runs; a loaded record passes the saved order).
+    """
+
+    def __init__(self, records: Sequence[ModuleRecord], order: Sequence[str] = ()) -> None:
         self._records = {r.name: r for r in records}
-        self._order: list[str] = []
+        self._ran: dict[str, None] = {}  # the names that ran, in order (a dict: ordered and quick)
+        for name in order:
+            self.mark_ran(name)
+
+    def mark_ran(self, name: str) -> None:
+        """Note that module `name` has run; its first run fixes its place in `names`."""
+        if name not in self._records:
+            raise fail("name", "a module name of this trace", repr(name), "pass one of rec.names")
+        self._ran.setdefault(name)
 
     @property
     def names(self) -> list[str]:
         """Selected module names in the order they first ran (then those that never ran)."""
-        return self._order + [n for n in self._records if n not in self._order]
+        return [*self._ran, *(n for n in self._records if n not in self._ran)]
 
     def __getitem__(self, name: str) -> ModuleRecord:
         if name not in self._records:

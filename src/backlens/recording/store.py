@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["Store"]
+from ..torch_private import lazy_clone, storage_id, version_counter
 
-# torch's copy-on-write clone: the snapshot shares memory with its source until either is written
-# to, and the write then copies. Either way the snapshot keeps the value it had when taken.
-# Used on the CPU only, where a fresh copy's page faults cost more than the copy itself.
-# It is a private torch API: used only from the release it was tested on (2.13) onwards.
-_lazy_clone: Callable[[torch.Tensor], torch.Tensor] | None = (
-    getattr(torch, "_lazy_clone", None) if torch.__version__ >= "2.13" else None
-)
+__all__ = ["Store"]
 
 
 class Store:
@@ -41,9 +34,9 @@ class Store:
         t = t.detach()
         if t.device.type != "cpu":
             return t.to("cpu", copy=True) if self.mode == "cpu" else t.clone()
-        if _lazy_clone is not None and _spans_its_storage(t, storage_bytes):
+        if lazy_clone is not None and _spans_its_storage(t, storage_bytes):
             try:
-                return _lazy_clone(t)
+                return lazy_clone(t)
             except (RuntimeError, NotImplementedError):  # memory torch cannot share: clone below
                 pass
         return t.clone()
@@ -56,7 +49,7 @@ class Store:
         # of it shares storage and version: compare the rest on a hit. (Not data_ptr(): it would
         # turn a copy-on-write source back into a copy.)
         storage = t.untyped_storage()
-        key = (storage._cdata, t.storage_offset(), t._version)
+        key = (storage_id(storage), t.storage_offset(), version_counter(t))
         hit = self._recent.get(key)
         if hit is not None:
             source, copy = hit

@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import check_choice, check_module, fail
+from ..torch_private import current_graph_task_id, own_parameters, queue_callback
 from .graph import edge_of, find_boundary, input_edges, sequence_mark
 from .nested import map_tensors, replace_tensors, tensors_in
 from .record import Call, ModuleRecord, Trace
@@ -21,8 +23,6 @@ from .store import Store
 __all__ = ["trace", "Trace", "ModuleRecord", "Call"]
 
 STORES = ("cpu", "device", None)
-# The running backward's id (-1 outside one); without it, one flush per batch of touched calls.
-_graph_task_id: Callable[[], int] = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
 def _own_params(module: nn.Module) -> dict[str, bool]:
@@ -31,11 +31,21 @@ def _own_params(module: nn.Module) -> dict[str, bool]:
         return {k: p.requires_grad for k, p in module.named_parameters(recurse=False)}
     params: dict[str, bool] = {}
     seen: set[int] = set()
-    for k, p in module._parameters.items():
+    for k, p in own_parameters(module).items():
         if p is not None and id(p) not in seen:
             seen.add(id(p))
             params[k] = p.requires_grad
     return params
+
+
+class _InFlight(NamedTuple):
+    """A call whose forward has begun: what its pre-hook took, for its forward hook to finish."""
+
+    call_index: int  # the call's number among the module's calls
+    inputs: Any  # snapshots of the positional arguments
+    n_in: int  # how many input tensors
+    edges: list[tuple[int, GradientEdge]]  # from input_edges, taken before the module ran
+    mark: int  # sequence_mark() before the call: later nodes are the call's own
 
 
 class _Pending:
@@ -133,8 +143,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         )
         self._store = Store(self.store)
         self._counts = dict.fromkeys(self.selected, 0)
-        # per module, calls in flight: (index, inputs, number of input tensors, edges, mark)
-        self._stacks: dict[str, list[tuple[int, Any, int, Any, int]]] = {n: [] for n in self.selected}
+        self._stacks: dict[str, list[_InFlight]] = {n: [] for n in self.selected}  # per module
         self._seen: set[str] = set()
         self._waiting: dict[weakref.ref[_Pending], Call] = {}  # calls whose backward may come
         self._active: list[_Pending] = []
@@ -175,7 +184,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             return
         if name not in self._seen:
             self._seen.add(name)
-            self.record._order.append(name)  # type: ignore[union-attr]
+            self.record.mark_ran(name)  # type: ignore[union-attr]
         index = self._counts[name]
         self._counts[name] = index + 1
         if len(args) == 1 and isinstance(args[0], torch.Tensor):  # the common case, made quick
@@ -189,7 +198,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             inputs = map_tensors(args, self._store.value)
             n_in = len(tensors)
         mark = sequence_mark() if edges else 0
-        self._stacks[name].append((index, inputs, n_in, edges, mark))
+        self._stacks[name].append(_InFlight(index, inputs, n_in, edges, mark))
 
     def _after(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._enabled or not self._stacks[name]:
@@ -253,10 +262,10 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         if pending.active:
             return
         pending.active = True
-        task = _graph_task_id()
+        task = current_graph_task_id()
         if not self._active or task != self._queued_task:
             self._queued_task = task
-            torch.autograd.Variable._execution_engine.queue_callback(self._flush)
+            queue_callback(self._flush)
         self._active.append(pending)
 
     def _flush(self) -> None:
