@@ -120,7 +120,7 @@ def _per_sample_grads(s: Setup) -> Callable[[], None]:
 
     def after(rec: backlens.Trace) -> None:
         for name in names:
-            rec.per_sample_grads(name, loss_reduction="mean", out=buffers[name])
+            rec.per_sample_grads(name, reduction="mean", out=buffers[name])
 
     return _traced("device", [nn.Linear], after)(s)
 

@@ -95,7 +95,7 @@ def test_per_sample_grads_equal_torch_func(
     rec = traced(model, x, y, fn)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name in linears:
-        grads = rec.per_sample_grads(name, loss_reduction=reduction)
+        grads = rec.per_sample_grads(name, reduction=reduction)
         assert set(grads) == ({"weight", "bias"} if bias else {"weight"})
         for key, g in grads.items():
             assert g.shape == ref[f"{name}.{key}"].shape and g.dtype == dtype
@@ -108,7 +108,7 @@ def test_per_sample_grads_equal_torch_func(
             rtol=TOL[dtype] * 10,
             atol=TOL[dtype] * 10,
         )
-    norms = rec.per_sample_grad_norms(loss_reduction=reduction)
+    norms = rec.per_sample_grad_norms(reduction=reduction)
     want = sum(ref[k].flatten(1).square().sum(1) for k in ref).sqrt()
     assert norms.shape == (shape[0],) and rel_err(norms, want) <= TOL[dtype] * 10
 
@@ -132,7 +132,7 @@ def test_per_sample_grads_equal_opacus(
     rec = traced(model, x, y, fn, store="device")
     for name, module in oracle._module.named_modules():
         if isinstance(module, nn.Linear):
-            grads = rec.per_sample_grads(name, loss_reduction=reduction)
+            grads = rec.per_sample_grads(name, reduction=reduction)
             for key, g in grads.items():
                 assert rel_err(g, getattr(module, key).grad_sample) <= TOL[dtype]
 
@@ -203,8 +203,8 @@ def test_bad_requests() -> None:
         fn(model(x), y).backward()
     with pytest.raises(backlens.BacklensError, match="nn.Linear.*'1', a ReLU"):
         rec.per_sample_grads("1")
-    with pytest.raises(backlens.BacklensError, match="loss_reduction"):
-        rec.per_sample_grads("0", loss_reduction="none")
+    with pytest.raises(backlens.BacklensError, match="^reduction"):
+        rec.per_sample_grads("0", reduction="none")
     with backlens.trace(model, store=None) as rec:
         fn(model(x), y).backward()
     with pytest.raises(backlens.BacklensError, match="store="):

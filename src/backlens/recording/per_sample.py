@@ -17,22 +17,22 @@ import torch
 
 from ..errors import fail
 
-__all__ = ["loss_scale", "linear_grads", "linear_sq_norms", "LOSS_REDUCTIONS"]
+__all__ = ["loss_scale", "linear_grads", "linear_sq_norms", "REDUCTIONS"]
 
-LOSS_REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum")  # as torch.nn.functional names them
 CHUNK_BYTES = 64 * 2**20  # per-sample gradients built at a time when norms need them
 
 
-def loss_scale(loss_reduction: str, n: int) -> float:
-    """s: n for a mean loss over n samples, 1 for a sum."""
-    if loss_reduction not in LOSS_REDUCTIONS:
+def loss_scale(reduction: str, n: int) -> float:
+    """s: n for a mean loss over n samples (reduction "mean"), 1 for a sum ("sum")."""
+    if reduction not in REDUCTIONS:
         raise fail(
-            "loss_reduction",
+            "reduction",
             "'mean' or 'sum'",
-            repr(loss_reduction),
+            repr(reduction),
             "pass the reduction of the loss that was backpropagated",
         )
-    return float(n) if loss_reduction == "mean" else 1.0
+    return float(n) if reduction == "mean" else 1.0
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

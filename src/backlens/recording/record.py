@@ -209,13 +209,13 @@ class Trace:
                     )
 
     def per_sample_grads(
-        self, name: str, loss_reduction: str = "mean", out: dict[str, torch.Tensor] | None = None
+        self, name: str, reduction: str = "mean", out: dict[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
         """{"weight": (n, out, in), "bias": (n, out)}: each sample's gradient of its own loss term.
 
         For an nn.Linear with 2-D (n, in) or 3-D (n, t, in) inputs, summed over its calls.
-        loss_reduction: "mean" if the loss averaged over the n samples of the batch (the
-        recorded δ is then scaled by n, as Opacus does), "sum" if it summed them.
+        reduction: "mean" if the loss averaged over the n samples of the batch (the recorded δ
+        is then scaled by n, as Opacus does), "sum" if it summed them; as in torch.nn.functional.
         Parameters that did not require grad are left out. `out`: buffers to write into.
         """
         record = self._linear(name, "per_sample_grads")
@@ -227,7 +227,7 @@ class Trace:
                 "unfreeze a parameter, or pick another layer",
             )
         activations, backprops = _linear_data(record)
-        scale = per_sample.loss_scale(loss_reduction, activations[0].shape[0])
+        scale = per_sample.loss_scale(reduction, activations[0].shape[0])
         return per_sample.linear_grads(
             activations,
             backprops,
@@ -238,7 +238,7 @@ class Trace:
         )
 
     def per_sample_grad_norms(
-        self, loss_reduction: str = "mean", names: Sequence[str] | None = None
+        self, reduction: str = "mean", names: Sequence[str] | None = None
     ) -> torch.Tensor:
         """(n,) norm of each sample's gradient over all traced Linear layers (or `names`).
 
@@ -258,7 +258,7 @@ class Trace:
         for name in names:
             record = self._linear(name, "per_sample_grad_norms")
             activations, backprops = _linear_data(record)
-            scale = per_sample.loss_scale(loss_reduction, activations[0].shape[0])
+            scale = per_sample.loss_scale(reduction, activations[0].shape[0])
             sq = per_sample.linear_sq_norms(
                 activations,
                 backprops,
