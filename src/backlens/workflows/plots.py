@@ -1,36 +1,45 @@
-"""PNG plots of results, written atomically with matplotlib's non-interactive backend."""
+"""PNG plots of results, written atomically, drawn with matplotlib's object-oriented API.
+
+A `Figure` made directly renders to PNG through its own canvas: no pyplot and no backend are
+needed, so importing backlens never switches matplotlib's backend (a notebook keeps its inline
+plots) and no figure lands in pyplot's list of open figures.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..files import atomic_write  # noqa: E402
+from ..files import atomic_write
 
 __all__ = ["plot_sample_size_sweep", "save_figure", "panels", "style_axes"]
 
 
-def save_figure(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save a figure as PNG atomically and close it."""
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        # A figure a caller made with pyplot is closed, as before. pyplot is then imported
+        # already, so it is looked up, not imported: importing it would pick a backend.
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
 
 
-def panels(count: int, width: float = 6, height: float = 4.2) -> tuple[plt.Figure, list[plt.Axes]]:
+def panels(count: int, width: float = 6, height: float = 4.2) -> tuple[Figure, list[Axes]]:
     """A figure with `count` side-by-side panels (at least one)."""
     count = max(1, count)
-    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    fig = Figure(figsize=(width * count, height))
+    axes = fig.subplots(1, count, squeeze=False)
     return fig, list(axes[0])
 
 
-def style_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str, xlog: bool = False) -> None:
+def style_axes(ax: Axes, xlabel: str, ylabel: str, title: str, xlog: bool = False) -> None:
     """Log y (x too with xlog), labels, title, a light grid and a small legend."""
     if xlog:
         ax.set_xscale("log")
