@@ -155,33 +155,63 @@ def _grid(grid: Any) -> np.ndarray:
     return np.unique(values)
 
 
-def _resolve_alpha(
-    s: _System, alpha: Any, validation: Any, grid: Any
-) -> tuple[float, dict[str, Any], _Eig | None]:
-    """The one place α is decided: a number, 'gcv', or 'validation'. Returns (α, info, eig)."""
+ALPHA_EXPECTED = "a finite number >= 0, 'gcv' or 'validation'"
+
+
+@dataclass
+class _AlphaChoice:
+    """The α to solve with, how it was chosen (for LinearMap.info), and the eigendecomposition
+    that choosing it needed (None for a fixed α), so the solve can reuse it."""
+
+    alpha: float
+    info: dict[str, Any]
+    eig: _Eig | None
+
+
+def _resolve_alpha(s: _System, alpha: Any, validation: Any, grid: Any) -> _AlphaChoice:
+    """The one place α is decided: a number, 'gcv', or 'validation'."""
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
-        value = float(alpha)
-        if not (np.isfinite(value) and value >= 0):
-            raise fail(
-                "alpha",
-                "a finite number >= 0, 'gcv' or 'validation'",
-                repr(alpha),
-                "pass a non-negative ridge penalty",
-            )
-        if validation is not None or grid is not None:
-            raise fail(
-                "validation/grid",
-                "None with a numeric alpha",
-                "a value",
-                "use alpha='validation' or alpha='gcv' to choose α on them",
-            )
-        return value, {"alpha_source": "fixed"}, None
+        return _fixed_alpha(alpha, validation, grid)
     if alpha not in ALPHA_RULES:
-        raise fail("alpha", "a finite number >= 0, 'gcv' or 'validation'", repr(alpha), "pass one of those")
+        raise fail("alpha", ALPHA_EXPECTED, repr(alpha), "pass one of those")
+    return _alpha_on_grid(s, alpha, validation, grid)
+
+
+def _fixed_alpha(alpha: numbers.Real, validation: Any, grid: Any) -> _AlphaChoice:
+    """A given α: finite and ≥ 0, with nothing to choose it on."""
+    value = float(alpha)
+    if not (np.isfinite(value) and value >= 0):
+        raise fail("alpha", ALPHA_EXPECTED, repr(alpha), "pass a non-negative ridge penalty")
+    if validation is not None or grid is not None:
+        raise fail(
+            "validation/grid",
+            "None with a numeric alpha",
+            "a value",
+            "use alpha='validation' or alpha='gcv' to choose α on them",
+        )
+    return _AlphaChoice(value, {"alpha_source": "fixed"}, None)
+
+
+def _alpha_on_grid(s: _System, rule: str, validation: Any, grid: Any) -> _AlphaChoice:
+    """The grid α with the least criterion under `rule` ('gcv' or 'validation')."""
     rel = _grid(grid)
     alphas = rel * s.scale
     e = _eig(s)
-    if alpha == "gcv":
+    scores = _criterion(s, e, rule, validation, alphas)
+    best = _best_index(scores, rule, s.n)
+    _warn_at_grid_edge(best, rel, rule)
+    info = {
+        "alpha_source": rule,
+        "grid": alphas.tolist(),
+        "grid_relative": rel.tolist(),
+        "criterion": [float(v) if np.isfinite(v) else None for v in scores],
+    }
+    return _AlphaChoice(float(alphas[best]), info, e)
+
+
+def _criterion(s: _System, e: _Eig, rule: str, validation: Any, alphas: np.ndarray) -> np.ndarray:
+    """For each α: GCV(α) for 'gcv', the held-out SSE for 'validation'. Lower is better."""
+    if rule == "gcv":
         if validation is not None:
             raise fail(
                 "validation",
@@ -189,41 +219,45 @@ def _resolve_alpha(
                 describe(validation),
                 "use alpha='validation'",
             )
-        scores = _gcv(s, e, alphas)
-    else:
-        val = _check_moments("validation", validation)
-        if (val.d_in, val.d_out) != (s.A.shape[0], s.B.shape[1]):
-            raise fail(
-                "validation",
-                f"Moments with d_in={s.A.shape[0]}, d_out={s.B.shape[1]}",
-                f"d_in={val.d_in}, d_out={val.d_out}",
-                "accumulate held-out pairs of the same block",
-            )
-        scores = _held_out_sse(s, e, val, alphas)
+        return _gcv(s, e, alphas)
+    return _held_out_sse(s, e, _check_validation(s, validation), alphas)
+
+
+def _check_validation(s: _System, validation: Any) -> Moments:
+    """`validation` if it is non-empty Moments of the same shapes as the fitting ones."""
+    val = _check_moments("validation", validation)
+    if (val.d_in, val.d_out) != (s.A.shape[0], s.B.shape[1]):
+        raise fail(
+            "validation",
+            f"Moments with d_in={s.A.shape[0]}, d_out={s.B.shape[1]}",
+            f"d_in={val.d_in}, d_out={val.d_out}",
+            "accumulate held-out pairs of the same block",
+        )
+    return val
+
+
+def _best_index(scores: np.ndarray, rule: str, n: int) -> int:
+    """Where the least finite score is; raise when no α has one (too few samples)."""
     if not np.isfinite(scores).any():
         raise fail(
             "moments",
-            f"more samples than fitted degrees of freedom for alpha={alpha!r}",
-            f"n_samples = {s.n}",
+            f"more samples than fitted degrees of freedom for alpha={rule!r}",
+            f"n_samples = {n}",
             "add samples or pass a number for alpha",
         )
-    best = int(np.nanargmin(np.where(np.isfinite(scores), scores, np.inf)))
-    if len(alphas) > 1 and best in (0, len(alphas) - 1):
+    return int(np.nanargmin(np.where(np.isfinite(scores), scores, np.inf)))
+
+
+def _warn_at_grid_edge(best: int, rel: np.ndarray, rule: str) -> None:
+    """AlphaAtGridEdgeWarning when the chosen α is the first or last of a grid of several."""
+    if len(rel) > 1 and best in (0, len(rel) - 1):
         side = "smallest" if best == 0 else "largest"
         warnings.warn(
-            f"alpha={alpha!r} chose the {side} α on the grid ({rel[best]:g} × tr(XᵀX)/d); "
-            "the best α "
-            "may lie beyond it: widen `grid` to check",
+            f"alpha={rule!r} chose the {side} α on the grid ({rel[best]:g} × tr(XᵀX)/d); "
+            "the best α may lie beyond it: widen `grid` to check",
             AlphaAtGridEdgeWarning,
-            stacklevel=3,
+            stacklevel=5,  # as before the split: the frame of ridge() / reduced_rank()
         )
-    info = {
-        "alpha_source": alpha,
-        "grid": (rel * s.scale).tolist(),
-        "grid_relative": rel.tolist(),
-        "criterion": [float(v) if np.isfinite(v) else None for v in scores],
-    }
-    return float(alphas[best]), info, e
 
 
 def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -264,8 +298,9 @@ def _fit(
     if not isinstance(intercept, bool):
         raise fail("intercept", "True or False", repr(intercept), "pass a bool")
     s = _system(m, intercept)
-    alpha_value, info, e = _resolve_alpha(s, alpha, validation, grid)
-    M, solve_info = _solve(s, alpha_value, e)
+    choice = _resolve_alpha(s, alpha, validation, grid)
+    alpha_value, info = choice.alpha, choice.info
+    M, solve_info = _solve(s, alpha_value, choice.eig)
     info.update(solve_info)
     info.update(
         {
