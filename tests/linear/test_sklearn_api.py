@@ -52,3 +52,15 @@ def test_gcv_sets_alpha_and_bad_params_raise() -> None:
     ]:
         with pytest.raises(BacklensError):
             bad.fit(X, y)
+
+
+def test_reduced_rank_needs_a_rank() -> None:
+    X, y = np.random.default_rng(2).standard_normal((20, 3)), np.zeros(20)
+    with pytest.raises(BacklensError, match=r"^rank: expected a positive int for method='reduced_rank'") as e:
+        LinearAbstraction(method="reduced_rank").fit(X, y)
+    assert e.value.got == "None" and "rank=R" in e.value.fix
+    with pytest.raises(BacklensError, match="^rank: expected a positive integer"):
+        LinearAbstraction(method="reduced_rank", rank=0).fit(X, y)
+    with pytest.raises(BacklensError, match="^alpha: expected a number >= 0 or 'gcv'"):
+        LinearAbstraction(alpha="validation").fit(X, y)
+    assert LinearAbstraction(alpha=1.0).fit(X, y).map_.method == "ridge"  # ridge needs no rank
