@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +38,19 @@ class Dataset:
     def n_outputs(self) -> int:
         return self.n_classes if self.n_classes is not None else int(self.y.shape[1])
 
-    def check_widths(self, widths: list[int]) -> None:
+    def fitted_widths(self, widths: Sequence[int]) -> list[int]:
+        """`widths` with the first made the feature count and the last the output count."""
+        return [self.n_features, *list(widths)[1:-1], self.n_outputs]
+
+    def check_widths(self, widths: Sequence[int]) -> None:
         """Raise unless the first width is the feature count and the last the output count."""
         if widths[0] != self.n_features or widths[-1] != self.n_outputs:
-            fixed = [self.n_features, *widths[1:-1], self.n_outputs]
             raise fail(
-                "--layers",
+                "widths",
                 f"first width {self.n_features} and last width {self.n_outputs} for "
                 f"{self.name} ({self.task})",
-                ",".join(map(str, widths)),
-                f"use --layers {','.join(map(str, fixed))}",
+                repr(list(widths)),
+                f"pass widths {self.fitted_widths(widths)}",
             )
 
 
@@ -58,9 +62,25 @@ def _standardize(x: np.ndarray) -> np.ndarray:
 def load_dataset(
     name: str, dtype: torch.dtype = torch.float32, seed: int = 0, target: str | None = None
 ) -> Dataset:
-    """'seed', 'digits' (1797 × 64, 10 classes), 'diabetes' (442 × 10, regression), or a CSV path."""
+    """'seed', 'digits' (1797 × 64, 10 classes), 'diabetes' (442 × 10, regression), or a CSV path.
+
+    `seed` draws the 'seed' set (the others are fixed); `target` names a CSV file's label column
+    and must be None for a bundled set.
+    """
     if name.endswith(".csv"):
-        return load_csv(name, target=target, dtype=dtype)
+        return _read_csv(Path(name), target, dtype, argument="name")
+    if target is not None:
+        raise fail(
+            "target",
+            f"None for the bundled dataset {name!r} (target names a column of a CSV file)",
+            repr(target),
+            "leave target out, or pass the path of a CSV file as name",
+        )
+    return _bundled(name, dtype, seed)
+
+
+def _bundled(name: str, dtype: torch.dtype, seed: int) -> Dataset:
+    """One of DATASET_NAMES as tensors; any other name raises listing them."""
     if name == "seed":
         x, y = seed_regression(128, seed=seed, dtype=dtype)
         return Dataset("seed", x, y.unsqueeze(1), "regression")
@@ -82,7 +102,7 @@ def load_dataset(
             "regression",
         )
     raise fail(
-        "data",
+        "name",
         "one of " + ", ".join(DATASET_NAMES) + " or a path ending in .csv",
         repr(name),
         "pick a bundled dataset or give a CSV file",
@@ -95,69 +115,89 @@ def load_csv(path: str | Path, target: str | None, dtype: torch.dtype = torch.fl
     The task is classification when the target holds integers with at most MAX_CLASSES distinct
     values (relabelled 0..C-1), else regression (target standardized).
     """
-    path = Path(path)
+    return _read_csv(Path(path), target, dtype, argument="path")
+
+
+def _read_csv(path: Path, target: str | None, dtype: torch.dtype, argument: str) -> Dataset:
+    """load_csv's work; `argument` is the caller's name for the path, for its errors."""
+    header, body = _csv_rows(path, argument)
+    column = _target_column(header, target, path)
+    values = _csv_values(header, body, argument)
+    return _csv_dataset(path.stem, np.delete(values, column, axis=1), values[:, column], dtype)
+
+
+def _csv_rows(path: Path, argument: str) -> tuple[list[str], list[list[str]]]:
+    """The header (names stripped) and the data rows of an existing CSV file with both."""
     if not path.is_file():
-        raise fail("data", "an existing CSV file", str(path), "check the path")
+        raise fail(argument, "an existing CSV file", str(path), "check the path")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if len(rows) < 2:
         raise fail(
-            "data",
+            argument,
             "a CSV with a header row and at least one data row",
             f"{len(rows)} rows",
             "add data",
         )
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def _target_column(header: list[str], target: str | None, path: Path) -> int:
+    """The index of the `target` column, which the header must name."""
     if target is None or target not in header:
         raise fail(
-            "--target",
+            "target",
             "a column of " + str(path.name) + " (" + ", ".join(header) + ")",
             repr(target),
             "name the column holding the labels or values to predict",
         )
+    return header.index(target)
+
+
+def _csv_values(header: list[str], body: list[list[str]], argument: str) -> np.ndarray:
+    """The data rows as floats (n, columns); a short row or a bad cell raises naming it."""
     values = np.empty((len(body), len(header)))
     for r, row in enumerate(body, start=2):  # row numbers as a spreadsheet shows them
         if len(row) != len(header):
             raise fail(
-                "data",
+                argument,
                 f"{len(header)} fields per row",
                 f"{len(row)} fields in row {r}",
                 "fix that row",
             )
         for c, cell in enumerate(row):
-            text = cell.strip()
-            if text == "" or text.lower() in ("na", "nan", "null"):
-                raise fail(
-                    "data",
-                    "no missing values",
-                    f"missing value in column {header[c]!r}, row {r}",
-                    "fill or drop that row",
-                )
-            try:
-                values[r - 2, c] = float(text)
-            except ValueError:
-                raise fail(
-                    "data",
-                    "numeric columns",
-                    f"{text!r} in column {header[c]!r}, row {r}",
-                    "encode it as a number or drop the column",
-                ) from None
-    t = header.index(target)
-    x = np.delete(values, t, axis=1)
-    y = values[:, t]
+            values[r - 2, c] = _csv_number(cell, header[c], r, argument)
+    return values
+
+
+def _csv_number(cell: str, column: str, row: int, argument: str) -> float:
+    """One cell as a float; missing or non-numeric cells raise naming their column and row."""
+    text = cell.strip()
+    if text == "" or text.lower() in ("na", "nan", "null"):
+        raise fail(
+            argument,
+            "no missing values",
+            f"missing value in column {column!r}, row {row}",
+            "fill or drop that row",
+        )
+    try:
+        return float(text)
+    except ValueError:
+        raise fail(
+            argument,
+            "numeric columns",
+            f"{text!r} in column {column!r}, row {row}",
+            "encode it as a number or drop the column",
+        ) from None
+
+
+def _csv_dataset(name: str, x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Dataset:
+    """Classification when y holds at most MAX_CLASSES distinct integers, else regression."""
+    features = torch.as_tensor(_standardize(x), dtype=dtype)
     labels = np.unique(y)
     if np.all(y == np.round(y)) and len(labels) <= MAX_CLASSES:
         classes = np.searchsorted(labels, y)
         return Dataset(
-            path.stem,
-            torch.as_tensor(_standardize(x), dtype=dtype),
-            torch.as_tensor(classes, dtype=torch.int64),
-            "classification",
-            len(labels),
+            name, features, torch.as_tensor(classes, dtype=torch.int64), "classification", len(labels)
         )
-    return Dataset(
-        path.stem,
-        torch.as_tensor(_standardize(x), dtype=dtype),
-        torch.as_tensor(_standardize(y.reshape(-1, 1)), dtype=dtype),
-        "regression",
-    )
+    return Dataset(name, features, torch.as_tensor(_standardize(y.reshape(-1, 1)), dtype=dtype), "regression")
