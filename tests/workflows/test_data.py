@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import backlens
+from backlens.workflows.mlp import parse_widths
 from backlens.workflows.seed_data import seed_target
 
 
@@ -59,3 +60,28 @@ def test_loader_bad_input() -> None:
         backlens.seed_loader(torch.zeros(3, 3), torch.zeros(4))
     with pytest.raises(backlens.BacklensError, match="batch_size"):
         backlens.seed_loader(torch.zeros(3, 3), torch.zeros(3), batch_size=0)
+    with pytest.raises(backlens.BacklensError, match="seed: expected an int"):
+        backlens.seed_loader(torch.zeros(3, 3), torch.zeros(3), seed=1.5)
+
+
+@pytest.mark.parametrize(("text", "widths"), [("3,2,2,1", [3, 2, 2, 1]), (" 64, 32 ,10 ", [64, 32, 10])])
+def test_parse_widths(text: str, widths: list[int]) -> None:
+    assert parse_widths(text) == widths
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3,x,1", "comma-separated positive ints"),
+        ("3,,1", "comma-separated positive ints"),  # an empty part is an error, not skipped
+        ("3,2,", "comma-separated positive ints"),
+        ("", "comma-separated positive ints"),
+        ("3", "at least two positive ints"),
+        ("3,0,1", "at least two positive ints"),
+        ([3, 2, 1], "a str"),
+    ],
+)
+def test_parse_widths_errors_name_the_python_argument(text: object, expected: str) -> None:
+    with pytest.raises(backlens.BacklensError, match=f"^text: expected {expected}") as caught:
+        parse_widths(text)  # type: ignore[arg-type]
+    assert caught.value.argument == "text" and "--" not in str(caught.value)

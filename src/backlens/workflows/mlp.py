@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import fail
+from ..errors import describe, fail
 
-__all__ = ["build_mlp", "ACTIVATIONS"]
+__all__ = ["build_mlp", "parse_widths", "ACTIVATIONS"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -57,13 +57,13 @@ def build_mlp(
 
 
 def parse_widths(text: str) -> list[int]:
-    """'3,2,2,1' -> [3, 2, 2, 1], with a clear error for anything else."""
+    """'3,2,2,1' -> [3, 2, 2, 1], with a clear error for anything else (empty parts too)."""
+    if not isinstance(text, str):
+        raise fail("text", "a str like '3,2,2,1'", describe(text), "pass the widths as text")
     try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
+        widths = [int(part) for part in text.split(",")]
     except ValueError:
-        raise fail(
-            "--layers", "comma-separated positive ints like 3,2,2,1", repr(text), "fix the list"
-        ) from None
+        raise fail("text", "comma-separated positive ints like 3,2,2,1", repr(text), "fix the list") from None
     if len(widths) < 2 or any(w <= 0 for w in widths):
-        raise fail("--layers", "at least two positive ints like 3,2,2,1", repr(text), "fix the list")
+        raise fail("text", "at least two positive ints like 3,2,2,1", repr(text), "fix the list")
     return widths

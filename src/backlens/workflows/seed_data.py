@@ -20,11 +20,16 @@ def seed_regression(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The notebook's data: x = randint(-10, 10, (n, 3)) as floats, y of shape (n,)."""
     check_positive_int("n", n)
-    if not isinstance(seed, int):
-        raise fail("seed", "an int", repr(seed), "pass an integer seed")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(_check_seed(seed))
     x = torch.randint(-10, 10, (n, 3), generator=generator).to(dtype)
     return x, seed_target(x)
+
+
+def _check_seed(seed: object) -> int:
+    """`seed` if it is an int, else raise."""
+    if not isinstance(seed, int):
+        raise fail("seed", "an int", repr(seed), "pass an integer seed")
+    return seed
 
 
 def seed_loader(
@@ -42,5 +47,5 @@ def seed_loader(
             ),
             "pass the features and targets of the same samples",
         )
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(_check_seed(seed))
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator)
