@@ -31,6 +31,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) results build *.egg-info src/*.egg-info
