@@ -23,7 +23,7 @@ def lint_imports(config: Path, package_parent: Path) -> subprocess.CompletedProc
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(config), "--no-cache"],
         cwd=package_parent,
-        env={**os.environ, "PYTHONPATH": str(package_parent)},
+        env={**os.environ, "PYTHONPATH": str(package_parent), "COLUMNS": "200"},  # no wrapped lines
         capture_output=True,
         text=True,
         timeout=120,
