@@ -37,7 +37,7 @@ def func_mean_jacobian(net, X) -> torch.Tensor:
 def test_one_nonlinearity_expected_mask_is_the_mean_jacobian(act) -> None:
     net = chain([6, 9, 4], act)
     X = torch.randn(200, 6, dtype=torch.float64)
-    em, mj = expected_mask(net, X), mean_jacobian(net, X)
+    em, mj = expected_mask(net, X, "backward"), mean_jacobian(net, X, "backward")
     oracle = func_mean_jacobian(net, X)
     torch.testing.assert_close(em.matrix, oracle, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(mj.matrix, oracle, rtol=1e-10, atol=1e-12)
@@ -51,7 +51,7 @@ def test_expected_mask_is_the_notebooks_m3() -> None:
     W1, W2 = net[0].weight.detach(), net[2].weight.detach()
     R = (net[0](X) > 0).double()  # the mask
     M3 = W2 @ torch.diag(R.mean(0)) @ W1  # W_2·diag(E[R])·W_1, (d_out, d_in)
-    lm = expected_mask(net, X)
+    lm = expected_mask(net, X, "backward")
     torch.testing.assert_close(lm.matrix, M3, rtol=1e-12, atol=1e-14)
     # it carries gradients: grad_in ≈ grad_out·M, exact on average over the masks
     G = torch.randn(128, 5, dtype=torch.float64)
@@ -67,9 +67,9 @@ def test_mean_jacobian_closed_form_equals_torch_func(widths, act) -> None:
     net = chain(widths, act, seed=len(widths))
     X = torch.randn(150, widths[0], dtype=torch.float64)
     oracle = func_mean_jacobian(net, X)
-    lm = mean_jacobian(net, X)
+    lm = mean_jacobian(net, X, "backward")
     torch.testing.assert_close(lm.matrix, oracle, rtol=1e-10, atol=1e-12)
-    generic = mean_jacobian(lambda x: net(x), X)  # any callable: the torch.func path
+    generic = mean_jacobian(lambda x: net(x), X, "backward")  # any callable: the torch.func path
     assert generic.info["path"] == "torch.func"
     torch.testing.assert_close(generic.matrix, oracle, rtol=1e-10, atol=1e-12)
 
@@ -77,7 +77,7 @@ def test_mean_jacobian_closed_form_equals_torch_func(widths, act) -> None:
 def test_deeper_chains_differ_and_say_so() -> None:
     net = chain([4, 8, 8, 3], nn.Tanh, seed=1)
     X = 2 * torch.randn(300, 4, dtype=torch.float64)
-    em, mj = expected_mask(net, X), mean_jacobian(net, X)
+    em, mj = expected_mask(net, X, "backward"), mean_jacobian(net, X, "backward")
     assert not em.info["equals_mean_jacobian"] and "not the mean Jacobian" in em.info["note"]
     assert float((em.matrix - mj.matrix).norm() / mj.matrix.norm()) > 1e-3
 
@@ -86,7 +86,7 @@ def test_mean_jacobian_of_other_modules_uses_torch_func_in_float64() -> None:
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Softplus(), nn.Linear(6, 3))  # float32
     X = torch.randn(40, 5)
-    lm = mean_jacobian(block, X)
+    lm = mean_jacobian(block, X, "backward")
     assert lm.info["path"] == "torch.func" and lm.matrix.dtype == torch.float64
     ref = block.double()
     oracle = torch.stack(
@@ -137,7 +137,7 @@ def test_weights_only_is_the_folded_chain() -> None:
         if isinstance(layer, nn.Linear):
             folded = layer(folded)
     torch.testing.assert_close(weights_only(net, "forward").apply(X), folded, rtol=1e-12, atol=1e-12)
-    assert weights_only(net).info["activations_removed"] == 2
+    assert weights_only(net, "backward").info["activations_removed"] == 2
     nobias = chain([4, 6, 3], nn.ReLU, bias=False)
     assert torch.equal(weights_only(nobias, "forward").bias, torch.zeros(3, dtype=torch.float64))
 
@@ -157,17 +157,17 @@ def test_chains_with_identity_flatten_dropout_and_lists() -> None:
         .eval()
     )
     X = torch.randn(50, 4, dtype=torch.float64)
-    em = expected_mask(list(net), X)
+    em = expected_mask(list(net), X, "backward")
     assert em.info["nonlinearities"] == 1
     torch.testing.assert_close(em.matrix, func_mean_jacobian(net, X), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(mean_jacobian(net, X).matrix, em.matrix, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(mean_jacobian(net, X, "backward").matrix, em.matrix, rtol=1e-10, atol=1e-12)
 
 
 def test_the_seed_model() -> None:
     model = backlens.build_mlp([3, 2, 2, 1], "relu", seed=1).double()
     X = torch.randn(128, 3, dtype=torch.float64) * 5
     torch.testing.assert_close(
-        mean_jacobian(model, X).matrix, func_mean_jacobian(model, X), rtol=1e-10, atol=1e-12
+        mean_jacobian(model, X, "backward").matrix, func_mean_jacobian(model, X), rtol=1e-10, atol=1e-12
     )
 
 
@@ -176,26 +176,30 @@ def test_bad_input() -> None:
     X = torch.randn(10, 3, dtype=torch.float64)
     cases = [
         (
-            lambda: expected_mask(nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 2)), X),
-            r"layers\[1\].*use mean_jacobian",
+            lambda: expected_mask(
+                nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 2)), X, "backward"
+            ),
+            "Softplus at position 1.*use mean_jacobian",
         ),
         (
-            lambda: expected_mask(nn.Sequential(nn.Linear(3, 4), nn.Dropout().train(), nn.Linear(4, 2)), X),
+            lambda: expected_mask(
+                nn.Sequential(nn.Linear(3, 4), nn.Dropout().train(), nn.Linear(4, 2)), X, "backward"
+            ),
             "eval mode",
         ),
         (
-            lambda: expected_mask(nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), X),
-            r"layers\[1\].*taking 4",
+            lambda: expected_mask(nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), X, "backward"),
+            "taking 4 features.*at position 1",
         ),
-        (lambda: expected_mask(net, torch.randn(10, 4)), r"X_in: expected shape \(n, 3\)"),
+        (lambda: expected_mask(net, torch.randn(10, 4), "backward"), r"X_in: expected shape \(n, 3\)"),
         (lambda: expected_mask(net, X, direction="sideways"), "direction"),
-        (lambda: expected_mask(net, X[:0]), "at least one row"),
-        (lambda: expected_mask(net, torch.full((2, 3), float("nan"))), "finite"),
-        (lambda: expected_mask("net", X), "layers"),
-        (lambda: mean_jacobian(net, X.long()), "floating-point"),
-        (lambda: mean_jacobian(42, X), "fn_or_layers"),
-        (lambda: mean_jacobian(lambda x: x.sum(), X), "rows"),
-        (lambda: weights_only(nn.Sequential()), "at least one layer"),
+        (lambda: expected_mask(net, X[:0], "backward"), "at least one row"),
+        (lambda: expected_mask(net, torch.full((2, 3), float("nan")), "backward"), "finite"),
+        (lambda: expected_mask("net", X, "backward"), "layers"),
+        (lambda: mean_jacobian(net, X.long(), "backward"), "floating-point"),
+        (lambda: mean_jacobian(42, X, "backward"), "fn_or_layers"),
+        (lambda: mean_jacobian(lambda x: x.sum(), X, "backward"), "rows"),
+        (lambda: weights_only(nn.Sequential(), "backward"), "at least one layer"),
         (lambda: identity(0), "d"),
     ]
     for call, message in cases:

@@ -6,14 +6,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..byhand.rules import activation_rule
+from ..byhand.chain import NotAChain, read_chain
 from ..errors import check_module, check_positive_int, fail
+from ..recording.select import leaf_names
 
 __all__ = ["Block"]
-
-
-def _leaf_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class Block:
 
     def __post_init__(self) -> None:
         check_module("model", self.model)
-        names = _leaf_names(self.model)
+        names = leaf_names(self.model)
         listing = ", ".join(names)
         for argument, name in (("start", self.start), ("end", self.end)):
             if name not in names:
@@ -53,7 +50,7 @@ class Block:
     @property
     def names(self) -> list[str]:
         """The block's module names, in order."""
-        names = _leaf_names(self.model)
+        names = leaf_names(self.model)
         return names[names.index(self.start) : names.index(self.end) + 1]
 
     @property
@@ -68,9 +65,14 @@ class Block:
         """The block's modules as a Sequential sharing the model's parameters (for analytic maps)."""
         return nn.Sequential(*self.modules)
 
+    def not_a_chain(self) -> str | None:
+        """Why the block is not a Linear/activation chain (`byhand.chain`), or None if it is one."""
+        chain = read_chain(list(zip(self.names, self.modules, strict=True)))
+        return chain.got if isinstance(chain, NotAChain) else None
+
     def is_linear_chain(self) -> bool:
-        """True when the block is Linear layers and elementwise activations only."""
-        return all(isinstance(m, nn.Linear) or activation_rule(m) is not None for m in self.modules)
+        """True when the block is a chain of Linear layers and elementwise activations."""
+        return self.not_a_chain() is None
 
     @property
     def in_features(self) -> int:
@@ -101,7 +103,7 @@ class Block:
         """Every window of `size` consecutive Linear layers with what lies between them."""
         check_module("model", model)
         check_positive_int("size", size)
-        names = _leaf_names(model)
+        names = leaf_names(model)
         linears = [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]
         if len(linears) < size:
             raise fail(
@@ -113,19 +115,23 @@ class Block:
         return [cls(model, linears[i], linears[i + size - 1]) for i in range(len(linears) - size + 1)]
 
     @classmethod
-    def parse(cls, model: nn.Module, text: str) -> list[Block]:
+    def parse(cls, model: nn.Module, blocks: str) -> list[Block]:
         """'all' (every Linear→act→Linear window) or 'start:end' module names, comma-separated."""
-        if text == "all":
+        if not isinstance(blocks, str):
+            raise fail(
+                "blocks", "a string like 'all' or '0:2,2:4'", repr(blocks), "pass the block spec as text"
+            )
+        if blocks == "all":
             return cls.all(model, size=2)
-        blocks = []
-        for part in text.split(","):
+        parsed = []
+        for part in blocks.split(","):
             if ":" not in part:
                 raise fail(
-                    "--blocks",
+                    "blocks",
                     "'all' or start:end module names like 0:2",
                     repr(part),
                     "write the first and last module of each block, joined by ':'",
                 )
             start, end = part.split(":", 1)
-            blocks.append(cls(model, start.strip(), end.strip()))
-        return blocks
+            parsed.append(cls(model, start.strip(), end.strip()))
+        return parsed

@@ -9,31 +9,23 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import fail
 from ..recording.tracing import trace
-from .engine import Chain, Tape, _backprop, prepare
+from .chain import Chain
+from .engine import Tape, prepare, run_chain
+from .losses import torch_loss
 
-__all__ = ["check", "Report", "CheckRow", "compare", "tolerance", "TOLERANCES", "TORCH_LOSSES"]
+__all__ = ["check", "Report", "CheckRow", "compare", "tolerance", "TOLERANCES"]
 
 # Relative tolerances by dtype: a few hundred ulps of float64; float32 on unit-scale data.
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}
-
-# The oracles for the hand-written losses of `losses.py`.
-TORCH_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "mse": F.mse_loss,
-    "ce": F.cross_entropy,
-    "bce": F.binary_cross_entropy_with_logits,
-}
-
 
 SYMBOLS = {"weight": "dW", "bias": "db"}
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -145,11 +137,11 @@ def check(
     parameters, .grad and hooks stay as they were. rtol overrides the dtype's tolerance.
     """
     chain, x, target, rule = prepare(model, x, y, loss, reduction)
-    tape = _backprop(chain, x, target, rule)
+    tape = run_chain(chain, x, target, rule)
     tol = tolerance(x.dtype) if rtol is None else float(rtol)
     rows = _against_autograd(model, chain, tape, x, target, tol)
     rows += _against_torch_func(model, tape, x, target, tol)
-    order = {step.name: i for i, step in enumerate(chain.steps)}
+    order = {step.name: i for i, step in enumerate(chain.layers)}
     rows.sort(key=lambda r: -1 if r.layer == "model" else order[r.layer])  # stable: layer by layer
     return Report(rows, tape, x.dtype, tape.loss_name, tape.reduction)
 
@@ -172,15 +164,15 @@ def _against_autograd(
     model: nn.Module, chain: Chain, tape: Tape, x: torch.Tensor, target: torch.Tensor, tol: float
 ) -> list[CheckRow]:
     twin = _hook_free_copy(model)
-    names = [step.name for step in chain.steps]
+    names = [step.name for step in chain.layers]
     with torch.enable_grad(), trace(twin, select=names, store="cpu") as rec:
         # x requires grad so every hooked layer has an input needing grad, as mid-network layers do
         out = twin(x.detach().requires_grad_(True))
-        value = TORCH_LOSSES[tape.loss_name](out, target, reduction=tape.reduction)
+        value = torch_loss(tape.loss_name, tape.reduction)(out, target)
         value.backward()
     rows = [compare("model", "loss", "torch loss", tape.loss, value, tol)]
     params = dict(twin.named_parameters())
-    for step, layer in zip(chain.steps, tape.layers, strict=True):
+    for step, layer in zip(chain.layers, tape.layers, strict=True):
         record = rec[step.name]
         rows.append(compare(step.name, "a (input)", "trace", layer.a, record.input, tol))
         rows.append(compare(step.name, "z (output)", "trace", layer.z, record.output, tol))
@@ -224,11 +216,11 @@ def _against_torch_func(
 
     twin = _hook_free_copy(model)  # vmap fails on modules carrying backward hooks
     params = {name: p.detach() for name, p in twin.named_parameters()}
-    loss_fn = TORCH_LOSSES[tape.loss_name]
+    loss_fn = torch_loss(tape.loss_name, tape.reduction)
 
     def sample_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         out = functional_call(twin, p, (xi.unsqueeze(0),))
-        return loss_fn(out, yi.unsqueeze(0), reduction=tape.reduction)
+        return loss_fn(out, yi.unsqueeze(0))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, target)
     scale = 1.0 / len(x) if tape.reduction == "mean" else 1.0  # a sample's share of the batch loss

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import check_device, check_finite, check_module, check_tensor, describe, fail
+from .chain import Chain, chain_leaves, parse_chain
 from .losses import LossRule, loss_rule
-from .rules import SUPPORTED_MODULES, ActivationRule, activation_rule
+from .rules import SUPPORTED_MODULES, ActivationRule
 
-__all__ = ["backprop", "Tape", "LayerTape", "Step", "Chain", "linear_chain", "prepare"]
+__all__ = ["backprop", "run_chain", "Tape", "LayerTape", "linear_chain", "prepare"]
 
 
 @dataclass
@@ -57,82 +58,8 @@ class Tape:
     target: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
-class Step:
-    """One Linear layer and the elementwise modules right after it (its activation, maybe none)."""
-
-    name: str
-    linear: nn.Linear
-    rules: tuple[ActivationRule, ...] = ()
-    act_names: tuple[str, ...] = ()  # the activation modules' names in the model
-
-    @property
-    def activation(self) -> str | None:
-        return " → ".join(rule.name for rule in self.rules) or None
-
-
-@dataclass(frozen=True)
-class Chain:
-    """A model read as Linear steps; `prefix` are elementwise modules before the first Linear."""
-
-    steps: tuple[Step, ...]
-    prefix: tuple[ActivationRule, ...] = ()
-    flatten: bool = False  # an nn.Flatten before the first Linear: x may be (n, *features)
-
-    @property
-    def in_features(self) -> int:
-        return self.steps[0].linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.steps[-1].linear.out_features
-
-
-def _flatten_modules(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
-    """Leaves in execution order, nested Sequentials opened; a module used twice appears twice."""
-    flat: list[tuple[str, nn.Module]] = []
-
-    def walk(prefix: str, module: nn.Module) -> None:
-        if isinstance(module, nn.Sequential):
-            for child_name, child in module._modules.items():
-                if child is not None:
-                    walk(f"{prefix}.{child_name}" if prefix else child_name, child)
-        else:
-            flat.append((prefix, module))
-
-    walk("", model)
-    return flat
-
-
-def _unsupported(module: nn.Module, position: int, name: str) -> Exception:
-    kind = type(module).__name__
-    if isinstance(module, nn.Dropout) and module.training:
-        return fail(
-            "model",
-            "Dropout in eval mode (in training mode it is random)",
-            f"{kind} at position {position} (name {name!r}) in training mode",
-            "call model.eval() first",
-        )
-    if isinstance(module, nn.Flatten):
-        return fail(
-            "model",
-            "nn.Flatten(start_dim=1, end_dim=-1)",
-            f"{kind}(start_dim={module.start_dim}, end_dim={module.end_dim}) at position "
-            f"{position} (name {name!r})",
-            "flatten only the feature dimensions",
-        )
-    batch_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
-    mode = " in training mode" if module.training and batch_norm else ""
-    return fail(
-        "model",
-        f"only these modules: {SUPPORTED_MODULES}",
-        f"{kind} at position {position} (name {name!r}){mode}",
-        "remove or replace that module, or check that part of the model by other means",
-    )
-
-
 def linear_chain(model: nn.Module) -> Chain:
-    """Read a Sequential (nested ones opened) as Linear steps with their activations, or raise."""
+    """Read a Sequential (nested ones opened) as a chain of Linear layers and activations, or raise."""
     check_module("model", model)
     if not isinstance(model, nn.Sequential):
         raise fail(
@@ -141,36 +68,11 @@ def linear_chain(model: nn.Module) -> Chain:
             f"{type(model).__name__} at position 0 (the model itself)",
             "wrap the layers in nn.Sequential",
         )
-    steps: list[Step] = []
-    prefix: list[ActivationRule] = []
-    flatten = False
-    seen: dict[int, str] = {}
-    for position, (name, module) in enumerate(_flatten_modules(model)):
-        if type(module) is nn.Linear:  # exact type: a subclass may change forward
-            if id(module) in seen:
-                raise fail(
-                    "model",
-                    "each Linear layer used once",
-                    f"the Linear at position {position} (name {name!r}) is also {seen[id(module)]!r}",
-                    "give every layer its own nn.Linear",
-                )
-            seen[id(module)] = name
-            steps.append(Step(name, module))
-            continue
-        if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
-            flatten = flatten or not steps  # after a Linear, rows are already flat: a no-op
-            continue
-        rule = activation_rule(module)
-        if rule is None:
-            raise _unsupported(module, position, name)
-        if steps:
-            last = steps[-1]
-            steps[-1] = Step(last.name, last.linear, (*last.rules, rule), (*last.act_names, name))
-        else:
-            prefix.append(rule)
-    if not steps:
+    fix = "remove or replace that module, or check that part of the model by other means"
+    chain = parse_chain(chain_leaves(model), "model", fix)
+    if not chain.linears:
         raise fail("model", "at least one nn.Linear", "none", "add a Linear layer")
-    dtypes = {p.dtype for s in steps for p in s.linear.parameters()}
+    dtypes = {p.dtype for s in chain.linears for p in s.linear.parameters()}
     if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.float64}:
         raise fail(
             "model",
@@ -178,7 +80,7 @@ def linear_chain(model: nn.Module) -> Chain:
             ", ".join(sorted(map(str, dtypes))),
             "call model.float() or model.double()",
         )
-    return Chain(tuple(steps), tuple(prefix), flatten)
+    return chain
 
 
 def prepare(
@@ -187,18 +89,19 @@ def prepare(
     """Validate model, x, y, loss and reduction; return the chain, x, target y and loss rule."""
     chain = linear_chain(model)
     rule = loss_rule(loss, reduction)
-    weight = chain.steps[0].linear.weight
+    weight = chain.linears[0].linear.weight
+    in_features, out_features = chain.linears[0].linear.in_features, chain.linears[-1].linear.out_features
     if chain.flatten:
         x = check_tensor("x", x, floating=True)
-        if x.ndim < 2 or math.prod(x.shape[1:]) != chain.in_features:
+        if x.ndim < 2 or math.prod(x.shape[1:]) != in_features:
             raise fail(
                 "x",
-                f"shape (n, ...) with {chain.in_features} features per sample (the model flattens them)",
+                f"shape (n, ...) with {in_features} features per sample (the model flattens them)",
                 describe(x),
                 "pass data of that shape",
             )
     else:
-        x = check_tensor("x", x, ndim=2, floating=True, shape=(None, chain.in_features))
+        x = check_tensor("x", x, ndim=2, floating=True, shape=(None, in_features))
     if x.dtype != weight.dtype:
         raise fail(
             "x",
@@ -213,7 +116,7 @@ def prepare(
     y = check_tensor("y", y)
     check_finite("y", y)
     check_device("y", y, x.device, "x")
-    target = rule.target(y, (len(x), chain.out_features), x.dtype)
+    target = rule.target(y, (len(x), out_features), x.dtype)
     return chain, x, target, rule
 
 
@@ -230,7 +133,7 @@ def backprop(
     The model is only read: its parameters and .grad stay as they were; hooks on it are not run.
     """
     chain, x, target, rule = prepare(model, x, y, loss, reduction)
-    return _backprop(chain, x, target, rule)
+    return run_chain(chain, x, target, rule)
 
 
 def _activate(rules: tuple[ActivationRule, ...], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -254,13 +157,14 @@ def _linear(a: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _backprop(chain: Chain, x: torch.Tensor, y: torch.Tensor, rule: LossRule) -> Tape:
+def run_chain(chain: Chain, x: torch.Tensor, y: torch.Tensor, rule: LossRule) -> Tape:
+    """The hand pass on a chain and inputs already checked by `prepare` (what `backprop` runs)."""
     # forward: z_i = a_{i−1}·W_iᵀ + b_i, a_i = σ_i(z_i), keeping σ_i'(z_i)
     a = x.reshape(len(x), -1) if chain.flatten else x
     for prefix_rule in chain.prefix:  # elementwise modules before the first Linear act on x
         a = prefix_rule.forward(a)
     layers: list[LayerTape] = []
-    for step in chain.steps:
+    for step in chain.layers:
         z = _linear(a, step.linear)
         a_next, derivative = _activate(step.rules, z)
         layers.append(LayerTape(step.name, a, z, step.activation, derivative))
@@ -276,8 +180,9 @@ def _backprop(chain: Chain, x: torch.Tensor, y: torch.Tensor, rule: LossRule) ->
     )
     # backward: δ_i = dL/da_i ⊙ σ_i'(z_i); dL/da_{i−1} = δ_i·W_i
     grad_a = rule.gradient(output, y)
-    for index in range(len(chain.steps) - 1, -1, -1):
-        step, layer = chain.steps[index], layers[index]
+    steps = chain.layers
+    for index in range(len(layers) - 1, -1, -1):
+        step, layer = steps[index], layers[index]
         delta = grad_a * layer.act_derivative if layer.act_derivative is not None else grad_a
         layer.delta = delta
         tape.grads[f"{step.name}.weight"] = delta.T @ layer.a
@@ -287,7 +192,7 @@ def _backprop(chain: Chain, x: torch.Tensor, y: torch.Tensor, rule: LossRule) ->
             tape.per_sample_grads[f"{step.name}.bias"] = delta.clone()
         if index:
             grad_a = delta @ step.linear.weight.detach()
-    order = [f"{s.name}.{kind}" for s in chain.steps for kind in ("weight", "bias")]
+    order = [f"{s.name}.{kind}" for s in steps for kind in ("weight", "bias")]
     tape.grads = {k: tape.grads[k] for k in order if k in tape.grads}
     tape.per_sample_grads = {k: tape.per_sample_grads[k] for k in order if k in tape.grads}
     return tape
