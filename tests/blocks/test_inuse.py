@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import backlens
 from backlens.blocks import inuse
 from backlens.blocks.block import Block
+from backlens.byhand.losses import accuracy, binary_accuracy, mean_squared_error
 from backlens.linear.linear_map import LinearMap
 
 
@@ -40,8 +41,8 @@ def test_exact_map_keeps_outputs_and_removes_hooks() -> None:
         swapped = model(x)
     torch.testing.assert_close(swapped, model(x), rtol=1e-12, atol=1e-12)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-    assert inuse.forward_metric(block, exact_forward_map(model), data(), inuse.mse) == pytest.approx(
-        inuse.forward_metric(block, None, data(), inuse.mse), rel=1e-12
+    assert inuse.forward_metric(block, exact_forward_map(model), data(), mean_squared_error) == pytest.approx(
+        inuse.forward_metric(block, None, data(), mean_squared_error), rel=1e-12
     )
 
 
@@ -74,8 +75,8 @@ def test_backward_cosine_none_without_parameters_below() -> None:
 
 def test_task_metrics_against_hand_counts() -> None:
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.7], [-3.0, 1.0]])
-    assert inuse.accuracy(logits, torch.tensor([0, 0, 1])) == pytest.approx(2 / 3)
-    assert inuse.binary_accuracy(logits, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(
+    assert accuracy(logits, torch.tensor([0, 0, 1])) == pytest.approx(2 / 3)
+    assert binary_accuracy(logits, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(
         4 / 6
     )
-    assert inuse.mse(logits, torch.zeros(3, 2)) == pytest.approx(float((logits**2).mean()))
+    assert mean_squared_error(logits, torch.zeros(3, 2)) == pytest.approx(float((logits**2).mean()))

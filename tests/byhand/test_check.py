@@ -1,5 +1,6 @@
 """check: hand engine vs autograd, trace and torch.func; passes on right math, fails on wrong."""
 
+import dataclasses
 import importlib
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 import backlens
 from backlens.byhand.check import TOLERANCES, compare, tolerance
-from backlens.byhand.losses import LOSS_RULES, LossRule
+from backlens.byhand.losses import LOSSES
 from backlens.byhand.rules import ACTIVATION_RULES, ActivationRule, gelu_derivative, relu
 from strategies import mlp_case
 
@@ -133,31 +134,20 @@ def exact_gelu_for_tanh_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def mse_without_mean(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = LOSS_RULES["mse"]
-
-    def rule(reduction: str) -> LossRule:  # forgets the 1/(n·k) of the mean
-        good = original(reduction)
-        return LossRule(
-            good.name,
-            good.reduction,
-            good.expects,
-            good.value,
-            lambda z, y: 2 * (z - y),
-            good.target,
-        )
-
-    monkeypatch.setitem(LOSS_RULES, "mse", rule)
+    # forgets the 1/(n·k) of the mean
+    wrong = dataclasses.replace(LOSSES["mse"], gradient=lambda z, y, reduction: 2 * (z - y))
+    monkeypatch.setitem(LOSSES, "mse", wrong)
 
 
 def per_sample_unscaled(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = backprop_module._backprop
+    original = backprop_module.run_chain
 
     def engine(chain, x, y, rule):  # per-sample gradients without the 1/n share
         tape = original(chain, x, y, rule)
         tape.per_sample_grads = {k: v * len(x) for k, v in tape.per_sample_grads.items()}
         return tape
 
-    monkeypatch.setattr(check_module, "_backprop", engine)
+    monkeypatch.setattr(check_module, "run_chain", engine)
 
 
 def bias_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:

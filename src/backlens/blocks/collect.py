@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
+from ..byhand.losses import torch_loss
 from ..errors import BacklensError, check_choice, check_module, fail
 from ..linear.moments import Moments
 from ..recording.tracing import trace
-from ..workflows.train import task_loss
 from .block import Block
 
 __all__ = ["collect", "Collection", "Reservoir"]
 
-DIRECTIONS = ("forward", "backward", "both")
+DIRECTIONS = ("forward", "backward", "both")  # what collect gathers; "both" is the default
 
 
 @dataclass
@@ -77,6 +77,36 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+@dataclass
+class _Streams:
+    """What one pass over the loader accumulates, direction by direction."""
+
+    inputs: Reservoir
+    samples: dict[str, Reservoir]
+    moments: dict[str, Moments] = field(default_factory=dict)
+    widths: dict[str, tuple[int, int]] = field(default_factory=dict)
+    n_samples: int = 0
+
+    def add(self, direction: str, X: torch.Tensor, Y: torch.Tensor) -> None:
+        X, Y = _flat(X), _flat(Y)
+        if direction not in self.moments:
+            self.moments[direction] = Moments(X.shape[1], Y.shape[1])
+            self.widths[direction] = (X.shape[1], Y.shape[1])
+        self.moments[direction].update(X, Y)
+        self.samples[direction].add(X, Y)
+
+
+def _check_block(model: nn.Module, block: Block) -> None:
+    check_module("model", model)
+    if not isinstance(block, Block) or block.model is not model:
+        raise fail(
+            "block",
+            "a backlens.Block of this model",
+            type(block).__name__,
+            "build it with Block(model, start, end)",
+        )
+
+
 def collect(
     model: nn.Module,
     block: Block,
@@ -93,56 +123,38 @@ def collect(
     For "backward" each batch's own loss is differentiated with respect to the input
     (torch.autograd.grad), so the gradients are those one training step would see, while the
     model's parameters and their .grad stay untouched. Memory is O(d²) whatever the data size.
+    `loss` is a name from `byhand.losses.LOSSES` or a callable (output, y) -> scalar.
     """
-    check_module("model", model)
-    if not isinstance(block, Block) or block.model is not model:
-        raise fail(
-            "block",
-            "a backlens.Block of this model",
-            type(block).__name__,
-            "build it with Block(model, start, end)",
-        )
+    _check_block(model, block)
     check_choice("direction", direction, DIRECTIONS)
-    loss_fn = task_loss(loss) if isinstance(loss, str) else loss
-    want_forward = direction in ("forward", "both")
-    want_backward = direction in ("backward", "both")
-    forward = backward = None
-    inputs = Reservoir(max_inputs, seed)
-    pair_samples = {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate(("forward", "backward"))}
-    widths: dict[str, tuple[int, int]] = {}
+    loss_fn = torch_loss(loss) if isinstance(loss, str) else loss
+    wanted = ["forward", "backward"] if direction == "both" else [direction]
+    streams = _Streams(
+        Reservoir(max_inputs, seed),
+        {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate(DIRECTIONS[:2])},
+    )
     total = len(loader) if isinstance(loader, Sized) else None
-    n_samples = 0
     # A bar only on a terminal: in logs and pipes it would leave blank lines.
     with Progress(transient=True, disable=not show_progress or not Console().is_terminal) as progress:
         task = progress.add_task(f"collecting {block.label}", total=total)
         for xb, yb in loader:
-            a_in, a_out, g_out, g_in = _boundaries(model, block, xb, yb, loss_fn, want_backward)
-            a_in, a_out = _flat(a_in), _flat(a_out)
-            if forward is None and want_forward:
-                forward = Moments(a_in.shape[1], a_out.shape[1])
-            if forward is not None:
-                forward.update(a_in, a_out)
-                pair_samples["forward"].add(a_in, a_out)
-                widths["forward"] = (a_in.shape[1], a_out.shape[1])
-            if want_backward and g_out is not None and g_in is not None:
-                g_out, g_in = _flat(g_out), _flat(g_in)
-                if backward is None:
-                    backward = Moments(g_out.shape[1], g_in.shape[1])
-                backward.update(g_out, g_in)
-                pair_samples["backward"].add(g_out, g_in)
-                widths["backward"] = (g_out.shape[1], g_in.shape[1])
-            inputs.add(a_in)
-            n_samples += len(a_in)
+            a_in, a_out, g_out, g_in = _boundaries(model, block, xb, yb, loss_fn, "backward" in wanted)
+            if "forward" in wanted:
+                streams.add("forward", a_in, a_out)
+            if g_out is not None and g_in is not None:
+                streams.add("backward", g_out, g_in)
+            streams.inputs.add(_flat(a_in))
+            streams.n_samples += len(_flat(a_in))
             progress.advance(task)
-    if n_samples == 0:
+    if streams.n_samples == 0:
         raise fail("loader", "at least one batch", "an empty loader", "pass data to collect from")
     return Collection(
         block,
-        forward,
-        backward,
-        inputs.columns([a_in.shape[1]])[0],
-        {d: _pair(pair_samples[d].columns(widths[d])) for d in widths},
-        n_samples,
+        streams.moments.get("forward"),
+        streams.moments.get("backward"),
+        streams.inputs.columns([a_in.shape[-1]])[0],
+        {d: _pair(streams.samples[d].columns(w)) for d, w in streams.widths.items()},
+        streams.n_samples,
     )
 
 

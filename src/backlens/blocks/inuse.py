@@ -60,19 +60,6 @@ def forward_metric(
     return total / count
 
 
-def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
-    return float((out.argmax(dim=1) == y).double().mean())
-
-
-def binary_accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of logits against 0/1 targets: a logit > 0 predicts 1."""
-    return float(((out > 0) == (y.reshape(out.shape) > 0.5)).double().mean())
-
-
-def mse(out: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((out - y.reshape(out.shape)) ** 2).mean())
-
-
 def backward_cosine(block: Block, lm: LinearMap, loader: Iterable, loss_fn: Callable) -> float | None:
     """Mean over batches of cos(true ∇θ, ∇θ with grad_in = lm(grad_out)) for parameters below the block.
 

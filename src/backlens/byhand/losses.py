@@ -1,8 +1,10 @@
 """Loss rules: each loss value written next to its gradient dL/dz with respect to the model output.
 
 Shape convention: z is the model output (n, k) (logits for "ce" and "bce"); y is the target
-after `LossRule.target` has checked it. With reduction "mean" a loss averages over what torch
-averages over: every entry for "mse" and "bce" (n·k of them), the n samples for "ce".
+after `LossRule.target` has checked it. `LOSSES` is the one registry of losses: hand rule, torch
+function and task metric; everything else (training, check, compare, the CLI) reads it. With
+reduction "mean" a loss averages over what torch averages over: every entry for "mse" and "bce"
+(n·k of them), the n samples for "ce".
 """
 
 from __future__ import annotations
@@ -12,10 +14,23 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch.nn import functional as F
 
 from ..errors import check_choice, describe, fail
 
-__all__ = ["LossRule", "LOSS_RULES", "LOSS_NAMES", "loss_rule"]
+__all__ = [
+    "Loss",
+    "LossRule",
+    "LOSSES",
+    "LOSS_NAMES",
+    "REDUCTIONS",
+    "get_loss",
+    "loss_rule",
+    "torch_loss",
+    "accuracy",
+    "binary_accuracy",
+    "mean_squared_error",
+]
 
 Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -135,48 +150,105 @@ def _class_target(y: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype) -
     return y.long()
 
 
-def _rule(
-    name: str,
-    expects: str,
-    value: Callable[..., torch.Tensor],
-    gradient: Callable[..., torch.Tensor],
-    target: Callable[..., torch.Tensor],
-    reduction: str,
-) -> LossRule:
-    return LossRule(
-        name,
-        reduction,
-        expects,
-        partial(value, reduction=reduction),
-        partial(gradient, reduction=reduction),
-        target,
-    )
+# --- the task metric each loss is judged by, on the model's output: mean over samples ----------
 
 
-LOSS_RULES: dict[str, Callable[[str], LossRule]] = {
-    "mse": partial(
-        _rule,
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of rows whose largest logit is the class index y."""
+    return float((out.argmax(dim=1) == y).double().mean())
+
+
+def binary_accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of logits against 0/1 targets: a logit > 0 predicts 1."""
+    return float(((out > 0) == (y.reshape(out.shape) > 0.5)).double().mean())
+
+
+def mean_squared_error(out: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((out - y.reshape(out.shape)) ** 2).mean())
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One loss everywhere: the hand rule (by reduction), torch's own function (the oracle and
+    the training loss), and the task metric a model trained with it is judged by."""
+
+    name: str
+    expects: str
+    value: Callable[..., torch.Tensor]
+    gradient: Callable[..., torch.Tensor]
+    target: Callable[..., torch.Tensor]
+    torch_function: Callable[..., torch.Tensor]
+    metric_name: str
+    metric: Callable[[torch.Tensor, torch.Tensor], float]
+
+    def rule(self, reduction: str) -> LossRule:
+        return LossRule(
+            self.name,
+            reduction,
+            self.expects,
+            partial(self.value, reduction=reduction),
+            partial(self.gradient, reduction=reduction),
+            self.target,
+        )
+
+    def torch_loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """torch's loss; float targets are reshaped to the output's shape and dtype first."""
+        if self.name != "ce":
+            y = y.reshape(out.shape).to(out.dtype)
+        return self.torch_function(out, y, reduction=reduction)
+
+
+LOSSES: dict[str, Loss] = {
+    "mse": Loss(
         "mse",
         "float targets (n, k)",
         mse_value,
         mse_gradient,
         partial(_float_target, "mse", unit_interval=False),
+        F.mse_loss,
+        "mse",
+        mean_squared_error,
     ),
-    "ce": partial(_rule, "ce", "int64 class indices (n,)", ce_value, ce_gradient, _class_target),
-    "bce": partial(
-        _rule,
+    "ce": Loss(
+        "ce",
+        "int64 class indices (n,)",
+        ce_value,
+        ce_gradient,
+        _class_target,
+        F.cross_entropy,
+        "accuracy",
+        accuracy,
+    ),
+    "bce": Loss(
         "bce",
         "float targets in [0, 1] (n, k)",
         bce_value,
         bce_gradient,
         partial(_float_target, "bce", unit_interval=True),
+        F.binary_cross_entropy_with_logits,
+        "accuracy",
+        binary_accuracy,
     ),
 }
-LOSS_NAMES = tuple(LOSS_RULES)
+LOSS_NAMES = tuple(LOSSES)
+REDUCTIONS = ("mean", "sum")
+
+
+def get_loss(loss: str) -> Loss:
+    """The registry entry for a loss name ('mse', 'ce', 'bce')."""
+    check_choice("loss", loss, list(LOSS_NAMES))
+    return LOSSES[loss]
 
 
 def loss_rule(loss: str, reduction: str = "mean") -> LossRule:
-    """The rule for a loss name ('mse', 'ce', 'bce') and reduction ('mean', 'sum')."""
-    check_choice("loss", loss, list(LOSS_NAMES))
-    check_choice("reduction", reduction, ["mean", "sum"])
-    return LOSS_RULES[loss](reduction)
+    """The hand rule for a loss name ('mse', 'ce', 'bce') and reduction ('mean', 'sum')."""
+    entry = get_loss(loss)
+    check_choice("reduction", reduction, list(REDUCTIONS))
+    return entry.rule(reduction)
+
+
+def torch_loss(loss: str, reduction: str = "mean") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """torch's own loss function for a name, as (output, target) -> loss."""
+    entry = get_loss(loss)
+    check_choice("reduction", reduction, list(REDUCTIONS))
+    return partial(entry.torch_loss, reduction=reduction)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from ..errors import check_positive_int, fail
+from .loaders import tensor_loader
 
 __all__ = ["seed_regression", "seed_loader", "seed_target"]
 
@@ -47,5 +48,4 @@ def seed_loader(
             ),
             "pass the features and targets of the same samples",
         )
-    generator = torch.Generator().manual_seed(_check_seed(seed))
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return tensor_loader(x, y, batch_size, shuffle, _check_seed(seed))

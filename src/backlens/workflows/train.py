@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from ..errors import check_choice, check_positive_int, fail
+from ..byhand.losses import get_loss, torch_loss
+from ..errors import check_positive_int, fail
 from .datasets import Dataset
+from .loaders import tensor_loader
 
-__all__ = ["Split", "split_dataset", "task_loss", "task_metric", "train_model", "loader"]
-
-LOSSES = ("mse", "ce", "bce")
+__all__ = ["Split", "split_dataset", "task_metric", "metric_name", "default_loss", "train_model", "loader"]
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,7 @@ def split_dataset(data: Dataset, test_size: float = 0.3, seed: int = 0) -> Split
 
 def loader(data: Dataset, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A DataLoader of (x, y) batches."""
-    check_positive_int("batch_size", batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(data.x, data.y), batch_size=batch_size, shuffle=shuffle, generator=generator
-    )
-
-
-def task_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The torch loss for 'mse', 'ce' (class indices) or 'bce' (with logits), mean-reduced."""
-    check_choice("loss", name, LOSSES)
-    if name == "mse":
-        return lambda out, y: nn.functional.mse_loss(out, y.reshape(out.shape).to(out.dtype))
-    if name == "ce":
-        return nn.functional.cross_entropy
-    return lambda out, y: nn.functional.binary_cross_entropy_with_logits(
-        out, y.reshape(out.shape).to(out.dtype)
-    )
+    return tensor_loader(data.x, data.y, batch_size, shuffle, seed)
 
 
 def default_loss(data: Dataset) -> str:
@@ -70,21 +54,19 @@ def default_loss(data: Dataset) -> str:
 
 
 @torch.no_grad()
-def task_metric(model: nn.Module, data: Dataset, batch_size: int = 1024) -> float:
-    """Accuracy for classification, mean squared error for regression."""
+def task_metric(model: nn.Module, data: Dataset, loss: str | None = None, batch_size: int = 1024) -> float:
+    """The loss's task metric (`byhand.losses.LOSSES`: accuracy for ce/bce, MSE for mse) over the
+    dataset, per sample; `loss` defaults to the dataset's default loss."""
+    metric = get_loss(loss or default_loss(data)).metric
     total, count = 0.0, 0
     for xb, yb in loader(data, batch_size):
-        out = model(xb)
-        if data.task == "classification":
-            total += float((out.argmax(dim=1) == yb).sum())
-        else:
-            total += float(((out - yb.reshape(out.shape)) ** 2).mean(dim=1).sum())
+        total += metric(model(xb), yb) * len(xb)
         count += len(xb)
     return total / count
 
 
-def metric_name(data: Dataset) -> str:
-    return "accuracy" if data.task == "classification" else "mse"
+def metric_name(data: Dataset, loss: str | None = None) -> str:
+    return get_loss(loss or default_loss(data)).metric_name
 
 
 def train_model(
@@ -99,7 +81,7 @@ def train_model(
 ) -> list[float]:
     """Adam on mini-batches; returns the mean training loss of each epoch."""
     check_positive_int("epochs", epochs)
-    loss_fn = task_loss(loss)
+    loss_fn = torch_loss(loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     model.train()
