@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import backlens
 from backlens.blocks.block import Block
 from backlens.blocks.collect import collect
-from backlens.blocks.compare import compare, fit_method, parse_methods
+from backlens.blocks.compare import compare
+from backlens.blocks.methods import fit_method, parse_methods
 from backlens.linear.scores import score
 from backlens.workflows.datasets import load_dataset
 from backlens.workflows.train import loader, split_dataset, task_metric, train_model

@@ -205,7 +205,7 @@ def test_reduced_rank_equals_augmented_svd(n, d, k, r, alpha, intercept) -> None
     want = brute_reduced_rank(X, Y, alpha, r, intercept)
     assert rel(lm.matrix.numpy(), want) < 1e-7
     assert np.linalg.matrix_rank(lm.matrix.numpy(), tol=1e-9 * np.abs(want).max()) == r
-    assert lm.method == "reduced_rank" and lm.info["rank"] == r and 0 < lm.info["retained"] <= 1
+    assert lm.method == "reduced-rank" and lm.info["rank"] == r and 0 < lm.info["retained"] <= 1
     full = reduced_rank(moments(X, Y), rank=min(d, k), alpha=alpha, intercept=intercept)
     assert (
         rel(

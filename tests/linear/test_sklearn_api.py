@@ -11,7 +11,7 @@ from backlens.linear.estimator import LinearAbstraction
 ESTIMATORS = [
     LinearAbstraction(),
     LinearAbstraction(alpha=1.0, fit_intercept=False),
-    LinearAbstraction(method="reduced_rank", rank=1, batch_size=7),
+    LinearAbstraction(method="reduced-rank", rank=1, batch_size=7),
 ]
 
 
@@ -48,7 +48,7 @@ def test_gcv_sets_alpha_and_bad_params_raise() -> None:
         LinearAbstraction(method="lasso"),
         LinearAbstraction(alpha="validation"),
         LinearAbstraction(batch_size=0),
-        LinearAbstraction(method="reduced_rank", rank=9),
+        LinearAbstraction(method="reduced-rank", rank=9),
     ]:
         with pytest.raises(BacklensError):
             bad.fit(X, y)
@@ -57,10 +57,10 @@ def test_gcv_sets_alpha_and_bad_params_raise() -> None:
 def test_reduced_rank_needs_a_rank() -> None:
     X, y = np.random.default_rng(2).standard_normal((20, 3)), np.zeros(20)
     with pytest.raises(BacklensError, match=r"^rank: expected a positive int for method='reduced_rank'") as e:
-        LinearAbstraction(method="reduced_rank").fit(X, y)
+        LinearAbstraction(method="reduced-rank").fit(X, y)
     assert e.value.got == "None" and "rank=R" in e.value.fix
     with pytest.raises(BacklensError, match="^rank: expected a positive integer"):
-        LinearAbstraction(method="reduced_rank", rank=0).fit(X, y)
+        LinearAbstraction(method="reduced-rank", rank=0).fit(X, y)
     with pytest.raises(BacklensError, match="^alpha: expected a number >= 0 or 'gcv'"):
         LinearAbstraction(alpha="validation").fit(X, y)
     assert LinearAbstraction(alpha=1.0).fit(X, y).map_.method == "ridge"  # ridge needs no rank

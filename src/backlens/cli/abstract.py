@@ -6,6 +6,11 @@ from typing import Annotated
 
 import typer
 
+from ..blocks.collect import DIRECTIONS
+from ..blocks.methods import METHOD_CHOICES
+from ..byhand.losses import LOSS_NAMES
+from ..workflows.abstract import ABSTRACT_METHODS
+from ..workflows.mlp import ACTIVATIONS
 from .main import app, console, run_or_exit
 
 
@@ -14,20 +19,18 @@ def abstract_command(
     data: Annotated[str, typer.Option(help="seed, digits, diabetes, or a FILE.csv")] = "digits",
     target: Annotated[str | None, typer.Option(help="CSV column to predict")] = None,
     layers: Annotated[str, typer.Option(help="Widths, first = features, last = outputs")] = "64,128,128,10",
-    activation: Annotated[
-        str, typer.Option(help="relu, tanh, sigmoid, gelu, elu, leaky_relu, identity")
-    ] = "relu",
+    activation: Annotated[str, typer.Option(help=", ".join(ACTIVATIONS))] = "relu",
     loss: Annotated[
-        str | None, typer.Option(help="mse, ce or bce (default: ce for classes, else mse)")
+        str | None, typer.Option(help=f"{', '.join(LOSS_NAMES)} (default: ce for classes, else mse)")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
     blocks: Annotated[
         str, typer.Option(help="'all' (each Linear→act→Linear) or start:end module names")
     ] = "all",
-    direction: Annotated[str, typer.Option(help="forward, backward or both")] = "both",
+    direction: Annotated[str, typer.Option(help=", ".join(DIRECTIONS))] = "both",
     methods: Annotated[
-        str, typer.Option(help="Comma-separated stand-in methods")
-    ] = "ridge,expected-mask,mean-jacobian,weights-only,identity,reduced-rank:8",
+        str, typer.Option(help="Comma-separated, from: " + ", ".join(METHOD_CHOICES))
+    ] = ABSTRACT_METHODS,
     test_size: Annotated[float, typer.Option(help="Held-out fraction")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the first run")] = 0,
     out: Annotated[str | None, typer.Option(help="Directory for results.json, maps, model and plots")] = None,
@@ -40,7 +43,7 @@ def abstract_command(
     ] = False,
 ) -> None:
     """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward."""
-    from ..workflows.abstract import AbstractOptions, run_abstract
+    from ..workflows.abstract import AbstractOptions, run_abstract  # its heavy imports: only when run
 
     options = AbstractOptions(
         data=data,

@@ -10,20 +10,21 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import check_choice, check_positive_int, fail
 from .linear_map import LinearMap
+from .methods import REDUCED_RANK, RIDGE
 from .moments import Moments
 from .ridge import reduced_rank, ridge
 
 __all__ = ["LinearAbstraction"]
 
-METHODS = ("ridge", "reduced_rank")
+METHODS = (RIDGE, REDUCED_RANK)
 
 
 class LinearAbstraction(RegressorMixin, BaseEstimator):
     """y ≈ X·coef_ᵀ + intercept_, fitted by streaming Moments and backlens.ridge / reduced_rank.
 
-    Parameters: method ("ridge" or "reduced_rank"), alpha (a number ≥ 0 or "gcv", as in
+    Parameters: method ("ridge" or "reduced-rank"), alpha (a number ≥ 0 or "gcv", as in
     backlens.ridge; "validation" needs held-out moments and is not offered here), fit_intercept,
-    rank (required for method="reduced_rank": a positive int ≤ min(n_features, n_targets);
+    rank (required for method="reduced-rank": a positive int ≤ min(n_features, n_targets);
     ignored by ridge), grid (relative α grid), batch_size (rows per Moments update).
     Parameters are checked in fit, as scikit-learn asks; a bad one raises BacklensError there.
     Learned: coef_ (n_targets, n_features) as scikit-learn's Ridge — the PyTorch weight layout,
@@ -78,7 +79,7 @@ class LinearAbstraction(RegressorMixin, BaseEstimator):
                 repr(self.alpha),
                 "pass alpha='gcv', or call backlens.ridge(moments, 'validation', validation=...)",
             )
-        if self.method == "reduced_rank" and self.rank is None:
+        if self.method == "reduced-rank" and self.rank is None:
             raise fail(
                 "rank",
                 "a positive int for method='reduced_rank'",

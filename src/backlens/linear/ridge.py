@@ -13,6 +13,7 @@ from scipy.linalg import lapack
 
 from ..errors import BacklensWarning, check_positive_int, describe, fail
 from .linear_map import LinearMap
+from .methods import REDUCED_RANK, RIDGE
 from .moments import Moments
 
 __all__ = [
@@ -336,7 +337,7 @@ def ridge(
     DEFAULT_GRID, 20 points from 1e-8 to 1e2). Equals scikit-learn's Ridge(alpha, fit_intercept).
     """
     s, M, _, info = _fit(moments, alpha, intercept, validation, grid)
-    return _map(s, M, "ridge", info)
+    return _map(s, M, RIDGE, info)
 
 
 def reduced_rank(
@@ -370,4 +371,4 @@ def reduced_rank(
     Ur = U[:, -r:]
     total = float(values.clamp_min(0).sum())
     info.update({"rank": r, "retained": float(values[-r:].clamp_min(0).sum()) / total if total > 0 else 1.0})
-    return _map(s, M @ Ur @ Ur.T, "reduced_rank", info)
+    return _map(s, M @ Ur @ Ur.T, REDUCED_RANK, info)

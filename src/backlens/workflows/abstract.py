@@ -5,29 +5,32 @@ from __future__ import annotations
 import math
 import platform
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils.data import DataLoader, TensorDataset
+from torch import nn
 
 from ..blocks.block import Block
 from ..blocks.collect import collect
-from ..blocks.compare import compare, fit_all, fit_method, parse_methods
+from ..blocks.compare import Fits, compare, fit_all
+from ..blocks.methods import DEFAULT_METHODS, fit_method, parse_methods
 from ..errors import fail
 from ..linear.scores import score
-from .datasets import load_dataset
+from .datasets import Dataset, load_dataset
+from .loaders import tensor_loader
 from .mlp import build_mlp, parse_widths
 from .model_io import load_model, save_model
-from .train import default_loss, loader, metric_name, split_dataset, task_metric, train_model
+from .train import Split, default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
 
 CURVE_SIZES = (5, 10, 20, 50, 100, 200, 500, 1000)
+ABSTRACT_METHODS = ",".join((*DEFAULT_METHODS, "reduced-rank:8"))
 
 
 @dataclass
@@ -42,7 +45,7 @@ class AbstractOptions:
     epochs: int = 30
     blocks: str = "all"
     direction: str = "both"
-    methods: str = "ridge,expected-mask,mean-jacobian,weights-only,identity,reduced-rank:8"
+    methods: str = ABSTRACT_METHODS
     test_size: float = 0.3
     seed: int = 0
     out: str | None = None
@@ -64,16 +67,12 @@ def _check_out(options: AbstractOptions) -> Path | None:
     out = Path(options.out)
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise fail(
-            "--out",
+            "out",
             "an empty or new directory",
             f"{out} holding an earlier run",
-            "pick another directory or pass --overwrite",
+            "pick another directory or pass overwrite=True (--overwrite)",
         )
     return out
-
-
-def _subset_loader(data_x: torch.Tensor, data_y: torch.Tensor, n: int, batch_size: int = 256) -> DataLoader:
-    return DataLoader(TensorDataset(data_x[:n], data_y[:n]), batch_size=batch_size)
 
 
 def sample_size_curve(
@@ -89,7 +88,8 @@ def sample_size_curve(
     points = []
     sizes = sorted({n for n in CURVE_SIZES if n < len(train_x)} | {len(train_x)})
     for n in sizes:
-        col = collect(model, block, _subset_loader(train_x, train_y, n), direction, loss, show_progress=False)
+        subset = tensor_loader(train_x[:n], train_y[:n], batch_size=256)
+        col = collect(model, block, subset, direction, loss, show_progress=False)
         for method in ("ridge", "mean-jacobian"):
             lm = fit_method(method, block, col, direction)
             moments = test_collection.forward if direction == "forward" else test_collection.backward
@@ -104,31 +104,37 @@ def sample_size_curve(
     return points
 
 
-def _one_run(
-    options: AbstractOptions, seed: int, console: Console, out: Path | None, first: bool
-) -> dict[str, Any]:
-    data = load_dataset(options.data, seed=seed, target=options.target)
-    widths = parse_widths(options.layers)
+def _task_loss(options: AbstractOptions, data: Dataset) -> str:
+    """The loss: the task's own (class indices need ce, real-valued targets mse)."""
     loss = options.loss or default_loss(data)
-    # The in-use metric and the targets' shape follow the task: class indices need ce,
-    # real-valued targets need mse.
     if loss != default_loss(data):
         raise fail(
-            "--loss",
+            "loss",
             f"{default_loss(data)} for {data.name} ({data.task})",
             repr(loss),
-            f"use --loss {default_loss(data)} or leave --loss out",
+            f"use loss={default_loss(data)!r} or leave it out",
         )
-    split = split_dataset(data, options.test_size, seed)
+    return loss
+
+
+def _trained_model(
+    options: AbstractOptions, split: Split, loss: str, seed: int, console: Console
+) -> tuple[nn.Module, list[int], str]:
+    """The model from options.model, or an MLP built and trained on the train split."""
     if options.model is not None:
         model, widths, activation = load_model(options.model)
-        data.check_widths(widths)
+        split.train.check_widths(widths)
     else:
-        data.check_widths(widths)
+        widths = parse_widths(options.layers)
+        split.train.check_widths(widths)
         activation = options.activation
         model = build_mlp(widths, activation, seed=seed)
         with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task(f"training {options.layers} (seed {seed})", total=options.epochs)
+
+            def advance(epoch: int, value: float) -> None:
+                progress.update(task, advance=1, description=f"training: loss {value:.4f}")
+
             train_model(
                 model,
                 split.train,
@@ -137,58 +143,73 @@ def _one_run(
                 options.batch_size,
                 options.lr,
                 seed,
-                progress=lambda epoch, value: progress.update(
-                    task, advance=1, description=f"training: loss {value:.4f}"
-                ),
+                progress=advance,
             )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    metric = {
-        "train": task_metric(model, split.train),
-        "test": task_metric(model, split.test),
-        "name": metric_name(data),
-    }
+    return model, widths, activation
+
+
+def _block_entry(
+    options: AbstractOptions, model: nn.Module, block: Block, split: Split, loss: str, seed: int, first: bool
+) -> tuple[dict[str, Any], Fits]:
+    """One block's rows (and, in the first run, its sample-size curve and spectra)."""
     train_loader, test_loader = loader(split.train, 256), loader(split.test, 256)
-    blocks = Block.parse(model, options.blocks)
-    methods = parse_methods(options.methods)
-    per_block = []
-    for block in blocks:
-        train_col = collect(model, block, train_loader, options.direction, loss, seed=seed)
-        test_col = collect(model, block, test_loader, options.direction, loss, seed=seed + 1)
-        fitted = fit_all(block, train_col, methods, options.direction)
-        rows = compare(
-            model,
-            block,
-            train_loader,
-            test_loader,
-            methods,
-            options.direction,
-            loss,
-            train=train_col,
-            test=test_col,
-            fitted=fitted,
-        )
-        entry: dict[str, Any] = {
-            "block": block.label,
-            "modules": block.names,
-            "rows": [r.to_dict() for r in rows],
+    train_col = collect(model, block, train_loader, options.direction, loss, seed=seed)
+    test_col = collect(model, block, test_loader, options.direction, loss, seed=seed + 1)
+    fits = fit_all(block, train_col, parse_methods(options.methods), options.direction)
+    rows = compare(
+        model,
+        block,
+        train_loader,
+        test_loader,
+        parse_methods(options.methods),
+        options.direction,
+        loss,
+        train=train_col,
+        test=test_col,
+        fitted=fits,
+    )
+    entry: dict[str, Any] = {
+        "block": block.label,
+        "modules": block.names,
+        "rows": [r.to_dict() for r in rows],
+    }
+    if first:
+        directions = ["forward", "backward"] if options.direction == "both" else [options.direction]
+        entry["curve"] = [
+            p
+            for d in directions
+            for p in sample_size_curve(model, block, split.train.x, split.train.y, test_col, loss, d)
+        ]
+        entry["spectra"] = {
+            f"{method}/{d}": torch.linalg.svdvals(lm.matrix.double()).tolist()
+            for (method, d), lm in fits.maps.items()
         }
-        if first:
-            directions = ["forward", "backward"] if options.direction == "both" else [options.direction]
-            entry["curve"] = [
-                p
-                for d in directions
-                for p in sample_size_curve(model, block, split.train.x, split.train.y, test_col, loss, d)
-            ]
-            maps = fitted[0]
-            entry["spectra"] = {
-                f"{method}/{d}": torch.linalg.svdvals(lm.matrix.double()).tolist()
-                for (method, d), lm in maps.items()
-            }
-            if out is not None:
-                for (method, d), lm in maps.items():
-                    lm.save(out / "maps" / map_file_name(block.label, method, d))
+    return entry, fits
+
+
+def _one_run(
+    options: AbstractOptions, seed: int, console: Console, out: Path | None, first: bool
+) -> dict[str, Any]:
+    data = load_dataset(options.data, seed=seed, target=options.target)
+    loss = _task_loss(options, data)
+    if options.model is None:
+        data.check_widths(parse_widths(options.layers))  # before the split: fail early
+    split = split_dataset(data, options.test_size, seed)
+    model, widths, activation = _trained_model(options, split, loss, seed, console)
+    metric = {
+        "train": task_metric(model, split.train, loss),
+        "test": task_metric(model, split.test, loss),
+        "name": metric_name(data, loss),
+    }
+    per_block = []
+    for block in Block.parse(model, options.blocks):
+        entry, fits = _block_entry(options, model, block, split, loss, seed, first)
+        if first and out is not None:
+            for (method, d), lm in fits.maps.items():
+                lm.save(out / "maps" / map_file_name(block.label, method, d))
         per_block.append(entry)
     if first and out is not None:
         save_model(model, widths, activation, out / "model.safetensors")
@@ -235,7 +256,7 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
 
     console = console or Console()
     if options.repeat < 1:
-        raise fail("--repeat", "a positive number of seeds", options.repeat, "use --repeat 1 or more")
+        raise fail("repeat", "a positive number of seeds", options.repeat, "use repeat=1 or more")
     out = _check_out(options)
     runs = []
     for k in range(options.repeat):
@@ -247,7 +268,7 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__,
+            "scikit-learn": version("scikit-learn"),
         },
         "runs": runs,
         "summary": _aggregate(runs),

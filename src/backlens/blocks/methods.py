@@ -1,0 +1,167 @@
+"""The stand-in methods for a block: one registry, read by compare, abstract and the CLI.
+
+Each method fits one LinearMap for a block in one direction from a training Collection, or
+says why it does not apply (a `NotApplicable` value, not an exception to be parsed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import BacklensError, check_choice, fail
+from ..linear import methods as names
+from ..linear.analytic import DIRECTIONS, expected_mask, identity, mean_jacobian, weights_only
+from ..linear.linear_map import LinearMap
+from ..linear.moments import Moments
+from ..linear.ridge import reduced_rank, ridge
+from .block import Block
+from .collect import Collection
+
+__all__ = [
+    "Method",
+    "NotApplicable",
+    "METHODS",
+    "METHOD_CHOICES",
+    "DEFAULT_METHODS",
+    "parse_method",
+    "parse_methods",
+    "fit_method",
+    "fit_or_explain",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method as asked for: its registry name and, for reduced-rank, the rank ("reduced-rank:8")."""
+
+    name: str
+    rank: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.rank is None else f"{self.name}:{self.rank}"
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """`method` cannot stand in for this block in this direction; `reason` says why."""
+
+    method: str
+    direction: str
+    reason: str
+
+    def error(self) -> BacklensError:
+        return fail(
+            "methods",
+            f"a method that applies to the block ({self.method}, {self.direction})",
+            self.reason,
+            "drop that method for this block",
+        )
+
+
+Fit = Callable[[Method, Block, Collection, str], "LinearMap | NotApplicable"]
+
+
+def _moments(collection: Collection, direction: str) -> Moments:
+    moments = collection.forward if direction == "forward" else collection.backward
+    if moments is None:
+        raise fail(
+            "direction",
+            "a direction the collection holds",
+            direction,
+            "collect with direction='both' or the one you fit",
+        )
+    return moments
+
+
+# A backward map is linear in the gradient (zero in, zero out): no intercept. Fitted with one,
+# near-zero gradients of well-fit samples come back as the bias, pointing anywhere.
+def _ridge(method: Method, block: Block, collection: Collection, direction: str) -> LinearMap:
+    return ridge(_moments(collection, direction), alpha="gcv", intercept=direction == "forward")
+
+
+def _reduced_rank(method: Method, block: Block, collection: Collection, direction: str) -> LinearMap:
+    assert method.rank is not None
+    moments = _moments(collection, direction)
+    return reduced_rank(moments, rank=method.rank, alpha="gcv", intercept=direction == "forward")
+
+
+def _chain_only(fit: Callable[[Block, Collection, str], LinearMap]) -> Fit:
+    def checked(
+        method: Method, block: Block, collection: Collection, direction: str
+    ) -> LinearMap | NotApplicable:
+        why = block.not_a_chain()
+        if why is not None:
+            reason = (
+                f"{method.name} needs a Linear/activation chain; block {block.label} has {why}: "
+                "use mean-jacobian or ridge"
+            )
+            return NotApplicable(method.label, direction, reason)
+        return fit(block, collection, direction)
+
+    return checked
+
+
+def _identity(
+    method: Method, block: Block, collection: Collection, direction: str
+) -> LinearMap | NotApplicable:
+    moments = collection.forward or collection.backward
+    assert moments is not None
+    d_in = collection.inputs.shape[1]
+    d_out = moments.d_out if collection.forward is not None else moments.d_in
+    if d_in != d_out:
+        reason = f"identity only for a block whose input and output widths match, got {d_in} → {d_out}"
+        return NotApplicable(method.label, direction, reason)
+    return identity(d_in)
+
+
+METHODS: dict[str, Fit] = {
+    names.RIDGE: _ridge,
+    names.REDUCED_RANK: _reduced_rank,
+    names.EXPECTED_MASK: _chain_only(lambda b, c, d: expected_mask(b.layers(), c.inputs, d)),
+    names.MEAN_JACOBIAN: lambda m, b, c, d: mean_jacobian(b.layers(), c.inputs, d),
+    names.WEIGHTS_ONLY: _chain_only(lambda b, c, d: weights_only(b.layers(), d)),
+    names.IDENTITY: _identity,
+}
+# How each is written where a choice is made (the CLI's help is built from this).
+METHOD_CHOICES = tuple(f"{n}:R" if n == names.REDUCED_RANK else n for n in METHODS)
+DEFAULT_METHODS = (names.RIDGE, names.EXPECTED_MASK, names.MEAN_JACOBIAN, names.WEIGHTS_ONLY, names.IDENTITY)
+
+
+def parse_method(text: str) -> Method:
+    """'ridge', 'reduced-rank:8', ... checked against the registry."""
+    name, _, rank = text.strip().partition(":")
+    if name == names.REDUCED_RANK:
+        if not rank.isdigit() or int(rank) < 1:
+            raise fail(
+                "methods", "reduced-rank:R with a positive rank R", repr(text), "write e.g. reduced-rank:8"
+            )
+        return Method(name, int(rank))
+    check_choice("methods", text.strip(), [n for n in METHOD_CHOICES])
+    return Method(name)
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[Method]:
+    """'ridge,reduced-rank:8' or a list of such names."""
+    texts = methods.split(",") if isinstance(methods, str) else list(methods)
+    if not texts or any(not isinstance(t, str) for t in texts):
+        raise fail("methods", "method names like 'ridge,reduced-rank:8'", repr(methods), "list the methods")
+    return [parse_method(t) for t in texts]
+
+
+def fit_or_explain(
+    method: Method | str, block: Block, collection: Collection, direction: str
+) -> LinearMap | NotApplicable:
+    """The method's map for the block in `direction`, or why it does not apply."""
+    method = parse_method(method) if isinstance(method, str) else method
+    check_choice("direction", direction, DIRECTIONS)
+    return METHODS[method.name](method, block, collection, direction)
+
+
+def fit_method(method: Method | str, block: Block, collection: Collection, direction: str) -> LinearMap:
+    """The method's map for the block in `direction`; raises BacklensError if it does not apply."""
+    fitted = fit_or_explain(method, block, collection, direction)
+    if isinstance(fitted, NotApplicable):
+        raise fitted.error()
+    return fitted
