@@ -22,7 +22,22 @@ __all__ = [
 
 
 class BacklensError(ValueError):
-    """Bad input or misuse: the message names the argument, what was expected, what came, the fix."""
+    """Bad input or misuse: the message names the argument, what was expected, what came, the fix.
+
+    The four parts are kept as attributes, so a caller (the CLI) can say the same thing in its
+    own words — its flag for the argument — without parsing the message.
+    """
+
+    def __init__(self, argument: str, expected: str, got: Any, fix: str) -> None:
+        self.argument, self.expected, self.got, self.fix = argument, expected, str(got), fix
+        super().__init__(self.render())
+
+    def render(self, argument: str | None = None) -> str:
+        """The message, naming `argument` (default: the Python argument) for what was wrong."""
+        return f"{argument or self.argument}: expected {self.expected}, got {self.got}. Fix: {self.fix}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
+        return (type(self), (self.argument, self.expected, self.got, self.fix))
 
 
 class BacklensWarning(UserWarning):
@@ -31,7 +46,7 @@ class BacklensWarning(UserWarning):
 
 def fail(argument: str, expected: str, got: Any, fix: str) -> BacklensError:
     """Build a BacklensError with the four parts every message has."""
-    return BacklensError(f"{argument}: expected {expected}, got {got}. Fix: {fix}")
+    return BacklensError(argument, expected, got, fix)
 
 
 def describe(value: Any) -> str:

@@ -99,7 +99,7 @@ def test_csv_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--data", "digits", "--layers", "60,16,10"], "--layers 64,16,10"),
+        (["--data", "digits", "--layers", "60,16,10"], "--layers: expected first width 64"),
         (
             ["--data", "digits", "--layers", "64,16,16,10", "--blocks", "0:9"],
             "in execution order: 0, 1, 2, 3, 4",

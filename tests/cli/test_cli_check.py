@@ -61,7 +61,7 @@ BAD = [
     (
         ["--data", "digits", "--layers", "64,10,3"],
         "--layers: expected first width 64 and last width 10",
-        "use --layers 64,10,10",
+        "pass widths [64, 10, 10]",
     ),
     (
         ["--data", "diabetes", "--loss", "ce"],

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import BacklensError, BacklensWarning
 
@@ -27,8 +28,37 @@ def main_callback() -> None:
     """backlens: trace, check and abstract backpropagation in PyTorch models."""
 
 
+# The library's errors name Python arguments; here they are said as the flags that feed them.
+FLAGS = {
+    "name": "--data",  # load_dataset(name)
+    "widths": "--layers",
+    "text": "--layers",  # parse_widths(text)
+    "target": "--target",
+    "activation": "--activation",
+    "loss": "--loss",
+    "reduction": "--reduction",
+    "dtype": "--dtype",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+    "epochs": "--epochs",
+    "blocks": "--blocks",
+    "methods": "--methods",
+    "direction": "--direction",
+    "test_size": "--test-size",
+    "out": "--out",
+    "model": "--model",
+    "repeat": "--repeat",
+    "overwrite": "--overwrite",
+}
+
+
+def flag_for(argument: str) -> str:
+    """The flag for a library argument name ('widths' -> '--layers'); others stay as they are."""
+    return FLAGS.get(argument, argument)
+
+
 def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Call fn; print a BacklensError as one clear line and exit 2 instead of a traceback.
+    """Call fn; print a BacklensError as one clear line, naming the flag, and exit 2.
 
     backlens' own warnings are printed once each as a plain line, without a source path.
     """
@@ -47,7 +77,7 @@ def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     try:
         return fn(*args, **kwargs)
     except BacklensError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(error.render(flag_for(error.argument)))}")
         raise typer.Exit(2) from None
     finally:
         warnings.showwarning = original

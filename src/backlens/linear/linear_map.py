@@ -13,10 +13,13 @@ from ..tensorfile import load_tensors, save_tensors
 
 __all__ = ["LinearMap"]
 
-# Shape convention: row vectors. matrix M is (d_in, d_out), bias b is (d_out,), and
-# apply(X) = X·M + b for X of shape (..., d_in). A backward map sends the gradient at a block's
-# output to the gradient at its input (grad_in ≈ grad_out·M, so M is (d_out_block, d_in_block),
-# the PyTorch weight layout of the block's Jacobian); its forward map is the transpose.
+# Orientation, the one convention every map follows (README "Orientation" links here):
+# a LinearMap maps rows of its own input to rows of its own output, Y ≈ X·M + b, with M of shape
+# (d_in, d_out) of the *map*. For a block f with Jacobian J (block_out × block_in, PyTorch weight
+# layout), its forward map has M = Jᵀ (block_in, block_out): activations y ≈ x·Jᵀ + b; its
+# backward map has M = J (block_out, block_in): grad_in ≈ grad_out·J, no bias. So on a backward
+# map d_in is the block's output width; `block_in`, `block_out` and `jacobian` read the block's
+# side the same way for both directions.
 
 KIND = "backlens.LinearMap"
 FLIP = {"backward": "forward", "forward": "backward"}
@@ -62,6 +65,31 @@ class LinearMap:
     @property
     def d_out(self) -> int:
         return int(self._matrix.shape[1])
+
+    @property
+    def jacobian(self) -> torch.Tensor:
+        """The block's (mean) Jacobian this map stands for, (block_out, block_in), either direction."""
+        return self._matrix.T if self._block_direction() == "forward" else self._matrix
+
+    @property
+    def block_in(self) -> int:
+        """The block's input width (d_out for a backward map, d_in for a forward one)."""
+        return int(self.jacobian.shape[1])
+
+    @property
+    def block_out(self) -> int:
+        """The block's output width."""
+        return int(self.jacobian.shape[0])
+
+    def _block_direction(self) -> str:
+        if self.direction is None:
+            raise fail(
+                "map",
+                "a map with a direction ('forward' or 'backward') to read a block's side",
+                f"{self!r} with no direction in info",
+                "use d_in/d_out, or set info['direction']",
+            )
+        return self.direction
 
     @property
     def direction(self) -> str | None:
