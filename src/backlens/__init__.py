@@ -1,7 +1,13 @@
 """backlens: see backpropagation inside a PyTorch network and stand linear maps in for blocks."""
 
+from .blocks.block import Block
+from .blocks.collect import Collection, collect
+from .blocks.compare import CompareRow, Fits, compare, fit_all
+from .blocks.inuse import replaced
+from .blocks.methods import METHOD_CHOICES, NotApplicable, fit_method
 from .byhand.check import CheckRow, Report, check
 from .byhand.engine import LayerTape, Tape, backprop
+from .byhand.losses import LOSS_NAMES
 from .errors import BacklensError, BacklensWarning
 from .linear.analytic import expected_mask, identity, mean_jacobian, weights_only
 from .linear.linear_map import LinearMap
@@ -26,34 +32,52 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    # errors and warnings
     "BacklensError",
     "BacklensWarning",
     "AlphaAtGridEdgeWarning",
     "SingularSystemWarning",
-    "LinearAbstraction",
-    "LinearMap",
-    "Moments",
-    "Score",
-    "expected_mask",
-    "identity",
-    "mean_jacobian",
-    "reduced_rank",
-    "ridge",
-    "score",
-    "weights_only",
-    "Call",
-    "LayerTape",
-    "ModuleRecord",
-    "CheckRow",
-    "Report",
-    "Tape",
-    "Trace",
-    "backprop",
-    "build_mlp",
-    "check",
-    "seed_loader",
-    "seed_regression",
+    # the record
     "trace",
+    "Trace",
+    "ModuleRecord",
+    "Call",
     "load_record",
     "save_record",
+    # backprop by hand
+    "backprop",
+    "check",
+    "Tape",
+    "LayerTape",
+    "Report",
+    "CheckRow",
+    "LOSS_NAMES",
+    # the linear core
+    "Moments",
+    "LinearMap",
+    "LinearAbstraction",
+    "ridge",
+    "reduced_rank",
+    "expected_mask",
+    "mean_jacobian",
+    "weights_only",
+    "identity",
+    "score",
+    "Score",
+    # blocks
+    "Block",
+    "collect",
+    "Collection",
+    "compare",
+    "CompareRow",
+    "fit_all",
+    "fit_method",
+    "Fits",
+    "NotApplicable",
+    "METHOD_CHOICES",
+    "replaced",
+    # workflows
+    "build_mlp",
+    "seed_regression",
+    "seed_loader",
 ]
