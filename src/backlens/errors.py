@@ -94,8 +94,8 @@ def check_tensor(
     return value
 
 
-def check_finite(argument: str, value: torch.Tensor) -> torch.Tensor:
-    """Raise if `value` holds NaN or Inf, naming the first bad row."""
+def check_finite(argument: str, value: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+    """Raise if `value` holds NaN or Inf, naming the first bad row (counted from `first_row`)."""
     if value.is_floating_point():
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
@@ -104,7 +104,7 @@ def check_finite(argument: str, value: torch.Tensor) -> torch.Tensor:
             raise fail(
                 argument,
                 "finite values",
-                f"{kind} (first in row {row})",
+                f"{kind} (first in row {row + first_row})",
                 "clean or drop those rows",
             )
     return value

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import fail
+from ..errors import check_finite, fail
 
 __all__ = ["Sums"]
 
@@ -50,11 +50,7 @@ def symmetric(upper: torch.Tensor) -> torch.Tensor:
 
 def raise_bad(argument: str, chunk: torch.Tensor, offset: int) -> None:
     """Raise naming the first non-finite row of `chunk` (or, if none, values too large)."""
-    bad = ~torch.isfinite(chunk)
-    if bool(bad.any()):
-        row = int(bad.any(dim=1).nonzero()[0, 0]) + offset
-        kind = "NaN" if bool(torch.isnan(chunk).any()) else "Inf"
-        raise fail(argument, "finite values", f"{kind} (first in row {row})", "clean or drop those rows")
+    check_finite(argument, chunk, first_row=offset)
     raise fail(
         argument,
         "values whose float64 products stay finite (|x − mean| < 1e150)",

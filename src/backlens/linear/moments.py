@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import check_choice, check_positive_int, describe, fail
 from ..tensorfile import load_tensors, save_tensors
 from .accumulate import Sums
+from .rows import as_rows
 
 __all__ = ["Moments", "YY_MODES"]
 
@@ -30,33 +29,6 @@ __all__ = ["Moments", "YY_MODES"]
 YY_MODES = ("full", "diagonal")
 KIND = "backlens.Moments"
 CHUNK_ROWS = 8192  # rows per internal step
-NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
-
-
-def _rows(argument: str, value: Any, width: int) -> torch.Tensor:
-    """`value` as a 2-D CPU tensor (n, width), leading dims flattened, or raise."""
-    if isinstance(value, np.ndarray):
-        with warnings.catch_warnings():  # a read-only array is fine: it is only read
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            value = torch.from_numpy(value)
-    if not isinstance(value, torch.Tensor):
-        raise fail(
-            argument,
-            "a torch.Tensor or numpy array",
-            describe(value),
-            "pass torch.as_tensor(value)",
-        )
-    if not value.is_floating_point():
-        raise fail(argument, "floating-point data", describe(value), "convert it with .double()")
-    if value.ndim < 2 or value.shape[-1] != width:
-        raise fail(
-            argument,
-            f"shape (n, {width}) (or (..., {width}))",
-            describe(value),
-            f"pass rows of {width} features, matching the Moments' dimensions",
-        )
-    value = value.detach().reshape(-1, width).cpu()
-    return value if value.dtype in NUMPY_FLOATS else value.float()
 
 
 class Moments:
@@ -79,8 +51,8 @@ class Moments:
         NaN/Inf raise BacklensError naming the array and the first bad row, and leave the
         Moments unchanged.
         """
-        X = _rows("X", X, self.d_in)
-        Y = _rows("Y", Y, self.d_out)
+        X = as_rows("X", X, self.d_in, "the Moments' d_in")
+        Y = as_rows("Y", Y, self.d_out, "the Moments' d_out")
         if X.shape[0] != Y.shape[0]:
             raise fail(
                 "X, Y",

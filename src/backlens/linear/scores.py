@@ -11,6 +11,7 @@ import torch
 from ..errors import describe, fail
 from .linear_map import LinearMap
 from .moments import Moments
+from .rows import as_rows
 
 __all__ = ["Score", "score"]
 
@@ -50,23 +51,8 @@ def _rel(sse_total: float, norm2: float) -> float:
     return 0.0 if sse_total <= 0 else float("inf")
 
 
-def _rows(argument: str, value: Any, width: int) -> torch.Tensor:
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise fail(
-            argument,
-            "a floating-point tensor",
-            describe(value),
-            "pass torch.as_tensor(value).double()",
-        )
-    if value.ndim < 2 or value.shape[-1] != width:
-        raise fail(argument, f"shape (n, {width})", describe(value), "pass rows of the map's width")
-    return value.detach().reshape(-1, width).cpu()
-
-
 def _from_data(lm: LinearMap, X: Any, Y: Any) -> Score:
-    X, Y = _rows("X", X, lm.d_in), _rows("Y", Y, lm.d_out)
+    X, Y = as_rows("X", X, lm.d_in, "the map's input"), as_rows("Y", Y, lm.d_out, "the map's output")
     n = X.shape[0]
     if n != Y.shape[0]:
         raise fail("X, Y", "the same number of rows", f"{n} and {Y.shape[0]}", "pass one Y row per X row")
