@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -83,19 +81,8 @@ def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         warnings.showwarning = original
 
 
-@app.command()
-def demo(
-    seed: Annotated[int, typer.Option(help="Seed for data, model and experiments.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Directory for results.json and the PNG plot.")] = None,
-) -> None:
-    """Reproduce the seed notebook section by section (a-f)."""
-    from ..workflows.demo import run_demo
-
-    run_or_exit(run_demo, seed=seed, out=out, console=console)
-
-
 # Commands kept in their own modules register themselves on `app` when imported.
-from . import abstract, check, trace  # noqa: E402,F401
+from . import abstract, check, demo, trace  # noqa: E402,F401
 
 
 def main() -> None:
