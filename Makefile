@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.backlens-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint readme clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)
 
+# README's figures from the code as it is (tests/test_readme.py fails when they are stale).
+readme: $(STAMP)
+	$(BIN)/python tools/readme_figures.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy src
 	$(BIN)/lint-imports --no-cache
 
