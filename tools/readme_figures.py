@@ -24,7 +24,9 @@ def digits_run() -> str:
     from backlens.workflows.abstract import AbstractOptions, run_abstract
 
     console = Console(file=io.StringIO(), width=130, record=True, color_system=None)
-    run_abstract(AbstractOptions(data="digits", layers="64,128,128,10", activation="relu", epochs=30), console)
+    run_abstract(
+        AbstractOptions(data="digits", layers="64,128,128,10", activation="relu", epochs=30), console
+    )
     text = console.export_text()
     return "\n".join(line.rstrip() for line in text.splitlines()).strip()
 
