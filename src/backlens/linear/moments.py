@@ -66,7 +66,7 @@ class Moments:
             for start in starts:
                 stop = start + CHUNK_ROWS
                 self._sums.add(X[start:stop], Y[start:stop], start)
-        except Exception:
+        except BaseException:  # roll back, then re-raise: nothing is swallowed
             if before is not None:
                 self._sums.restore(before)
             raise
