@@ -1,5 +1,6 @@
 """backlens: see backpropagation inside a PyTorch network and stand linear maps in for blocks."""
 
+from .blocks.analytic import expected_mask, mean_jacobian, weights_only
 from .blocks.block import Block
 from .blocks.collect import Collection, collect
 from .blocks.compare import CompareRow, Fits, compare, fit_all
@@ -9,8 +10,9 @@ from .byhand.check import CheckRow, Report, check
 from .byhand.engine import LayerTape, Tape, backprop
 from .byhand.losses import LOSS_NAMES
 from .errors import BacklensError, BacklensWarning
-from .linear.analytic import expected_mask, identity, mean_jacobian, weights_only
+from .linear.analytic import identity
 from .linear.linear_map import LinearMap
+from .linear.linearity import LinearityScore, LinearityUndefinedWarning, linearity_score
 from .linear.moments import Moments
 from .linear.ridge import AlphaAtGridEdgeWarning, SingularSystemWarning, reduced_rank, ridge
 from .linear.scores import Score, score
@@ -37,6 +39,7 @@ __all__ = [
     "BacklensWarning",
     "AlphaAtGridEdgeWarning",
     "SingularSystemWarning",
+    "LinearityUndefinedWarning",
     # the record
     "trace",
     "Trace",
@@ -64,6 +67,8 @@ __all__ = [
     "identity",
     "score",
     "Score",
+    "linearity_score",
+    "LinearityScore",
     # blocks
     "Block",
     "collect",

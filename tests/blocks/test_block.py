@@ -40,7 +40,7 @@ def test_non_chain_block_is_detected() -> None:
 @pytest.mark.parametrize(
     ("start", "end", "match"),
     [
-        ("0", "9", "in execution order: 0, 1, 2, 3, 4"),
+        ("0", "9", "end: expected a module path of the model"),
         ("x", "2", "start: expected a module"),
         ("2", "0", "start before end"),
     ],
@@ -51,7 +51,9 @@ def test_bad_blocks_list_module_names(model: nn.Sequential, start: str, end: str
 
 
 def test_bad_parse(model: nn.Sequential) -> None:
-    with pytest.raises(backlens.BacklensError, match="start:end"):
+    with pytest.raises(backlens.BacklensError, match="start: expected a module path"):
         Block.parse(model, "0-2")
+    with pytest.raises(backlens.BacklensError, match="module paths or start:end spans"):
+        Block.parse(model, "0:")
     with pytest.raises(backlens.BacklensError, match="at most the number of Linear layers"):
         Block.all(model, size=4)

@@ -37,7 +37,7 @@ def test_exact_map_keeps_outputs_and_removes_hooks() -> None:
     model = linear_model()
     block = Block(model, "2", "4")
     x = torch.randn(7, 4, dtype=torch.float64)
-    with inuse.replaced(block, exact_forward_map(model)):
+    with inuse.replaced(model, block, exact_forward_map(model)):
         swapped = model(x)
     torch.testing.assert_close(swapped, model(x), rtol=1e-12, atol=1e-12)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
@@ -50,7 +50,7 @@ def test_zero_map_changes_outputs() -> None:
     model = linear_model()
     block = Block(model, "2", "4")
     zero = LinearMap(torch.zeros(6, 3, dtype=torch.float64), method="zero")
-    with inuse.replaced(block, zero):
+    with inuse.replaced(model, block, zero):
         out = model(torch.randn(3, 4, dtype=torch.float64))
     assert torch.equal(out, torch.zeros(3, 3, dtype=torch.float64))
 

@@ -102,7 +102,7 @@ def test_csv_input(tmp_path: Path) -> None:
         (["--data", "digits", "--layers", "60,16,10"], "--layers: expected first width 64"),
         (
             ["--data", "digits", "--layers", "64,16,16,10", "--blocks", "0:9"],
-            "in execution order: 0, 1, 2, 3, 4",
+            "a module path of the model (e.g. 0, 1, 2, 3, 4)",
         ),
         (["--data", "digits", "--layers", "64,16,10", "--methods", "ridge,lasso"], "methods"),
         (["--data", "nope"], "one of seed, digits, diabetes"),

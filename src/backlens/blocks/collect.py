@@ -1,14 +1,16 @@
-"""Stream a block's boundary pairs over a DataLoader into Moments, with capped samples of raw rows.
+"""Stream a block's boundary pairs over a loader into Moments, with capped samples of raw rows.
 
 Forward pairs: (activation entering the block, activation leaving it). Backward pairs:
-(gradient at the block's output, gradient at its input), so grad_in ≈ grad_out·M. Rows are
-flattened over leading dimensions, so (batch, sequence, features) works too.
+(gradient at the block's output, gradient at its input through the block alone), so
+grad_in ≈ grad_out·M. Activations become rows as `positions` says (`blocks.positions`):
+one row per token or pixel ("shared"), or one per sample ("flat").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -16,14 +18,16 @@ from rich.progress import Progress
 from torch import nn
 
 from ..byhand.losses import torch_loss
-from ..errors import BacklensError, check_choice, check_module, fail
+from ..errors import check_choice, check_module, fail
 from ..linear.moments import Moments
-from ..recording.tracing import trace
 from .block import Block
+from .boundary import Crossing, boundaries
+from .positions import POSITIONS, check_shared, default_positions, to_rows
 
-__all__ = ["collect", "Collection", "Reservoir"]
+__all__ = ["collect", "Collection", "Reservoir", "Step", "DIRECTIONS"]
 
 DIRECTIONS = ("forward", "backward", "both")  # what collect gathers; "both" is the default
+Step = Callable[[nn.Module, Any], torch.Tensor]  # step(model, batch) -> loss: one batch, any model
 
 
 @dataclass
@@ -44,10 +48,13 @@ class Reservoir:
         joined = torch.cat([c.reshape(n, -1).detach().to("cpu", torch.float64) for c in columns], dim=1)
         take = min(n, max(0, self.cap - len(self.rows)))
         self.rows.extend(joined[:take])
-        for i in range(take, n):
-            j = int(torch.randint(0, self.seen + i + 1, (1,), generator=self._generator))
-            if j < self.cap:
-                self.rows[j] = joined[i]
+        if take < n:  # row i replaces a uniform slot j in [0, seen + i] when j < cap
+            later = torch.arange(take, n, dtype=torch.float64)
+            draws = torch.rand(n - take, generator=self._generator, dtype=torch.float64)
+            slots = (draws * (self.seen + later + 1)).floor().long()
+            for i, j in zip(later.long().tolist(), slots.tolist(), strict=True):
+                if j < self.cap:
+                    self.rows[j] = joined[i]
         self.seen += n
 
     def columns(self, widths: Iterable[int]) -> tuple[torch.Tensor, ...]:
@@ -58,7 +65,12 @@ class Reservoir:
 
 @dataclass
 class Collection:
-    """What `collect` gathered: Moments per direction, a sample of block inputs, samples of raw pairs."""
+    """What `collect` gathered: Moments per direction, samples of block inputs, samples of raw pairs.
+
+    `inputs` are whole samples as the block receives them, (k, *input_shape), for the analytic
+    maps; `pairs` are rows; `positions` says how activations became rows; `call` is the entry
+    module's other arguments in the first batch (for the block's function).
+    """
 
     block: Block
     forward: Moments | None
@@ -66,15 +78,24 @@ class Collection:
     inputs: torch.Tensor
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]
     n_samples: int
+    positions: str = "shared"
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    call: Crossing | None = None
+
+    @property
+    def in_width(self) -> int:
+        """Features per row of the block's input."""
+        return int(self.forward.d_in if self.forward is not None else self.backward.d_out)  # type: ignore[union-attr]
+
+    @property
+    def out_width(self) -> int:
+        return int(self.forward.d_out if self.forward is not None else self.backward.d_in)  # type: ignore[union-attr]
 
 
 def _pair(columns: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = columns
     return x, y
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
 
 
 @dataclass
@@ -83,17 +104,30 @@ class _Streams:
 
     inputs: Reservoir
     samples: dict[str, Reservoir]
+    positions: str | None
     moments: dict[str, Moments] = field(default_factory=dict)
     widths: dict[str, tuple[int, int]] = field(default_factory=dict)
     n_samples: int = 0
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    call: Crossing | None = None
 
     def add(self, direction: str, X: torch.Tensor, Y: torch.Tensor) -> None:
-        X, Y = _flat(X), _flat(Y)
+        assert self.positions is not None
+        X, Y = to_rows(X, self.positions), to_rows(Y, self.positions)
         if direction not in self.moments:
             self.moments[direction] = Moments(X.shape[1], Y.shape[1])
             self.widths[direction] = (X.shape[1], Y.shape[1])
         self.moments[direction].update(X, Y)
         self.samples[direction].add(X, Y)
+
+    def first(self, block: Block, crossing: Crossing, a_in: torch.Tensor, a_out: torch.Tensor) -> None:
+        """Settle positions and shapes on the first batch."""
+        if self.positions is None:
+            self.positions = default_positions(a_in, a_out)
+        elif self.positions == "shared":
+            check_shared(a_in, a_out, block.label)
+        self.shapes = (tuple(a_in.shape[1:]), tuple(a_out.shape[1:]))
+        self.call = crossing
 
 
 def _check_block(model: nn.Module, block: Block) -> None:
@@ -103,8 +137,26 @@ def _check_block(model: nn.Module, block: Block) -> None:
             "block",
             "a backlens.Block of this model",
             type(block).__name__,
-            "build it with Block(model, start, end)",
+            "build it with Block(model, path) or Block(model, start, end)",
         )
+
+
+def _loss_step(loss: str | Callable) -> Step:
+    """step for (x, y) batches: the named loss (or a callable (output, y) -> loss) on model(x)."""
+    loss_fn = torch_loss(loss) if isinstance(loss, str) else loss
+
+    def step(model: nn.Module, batch: Any) -> torch.Tensor:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise fail(
+                "loader",
+                "(x, y) batches, or pass step=",
+                type(batch).__name__,
+                "pass step=lambda model, batch: loss for other batches",
+            )
+        x, y = batch
+        return loss_fn(model(x), y)
+
+    return step
 
 
 def collect(
@@ -117,81 +169,92 @@ def collect(
     max_pairs: int = 2048,
     seed: int = 0,
     show_progress: bool = True,
+    step: Step | None = None,
+    positions: str | None = None,
 ) -> Collection:
     """Run `model` over `loader` and stream `block`'s boundary pairs into float64 Moments.
 
-    For "backward" each batch's own loss is differentiated with respect to the input
-    (torch.autograd.grad), so the gradients are those one training step would see, while the
-    model's parameters and their .grad stay untouched. Memory is O(d²) whatever the data size.
-    `loss` is a name from `byhand.losses.LOSSES` or a callable (output, y) -> scalar.
+    Each batch runs through `step(model, batch) -> loss` (any batch: dicts, token ids, masks),
+    or, without it, batches are (x, y) and `loss` names the loss (`byhand.losses.LOSSES`) or is a
+    callable (output, y) -> loss. For "backward" that loss is differentiated with
+    torch.autograd.grad, so the gradients are those one training step would see, while the
+    model's parameters and their .grad stay untouched. `positions`: "shared" or "flat"
+    (default: shared when the block keeps its positions; `Collection.positions` says which).
+    Memory is O(features²) whatever the data size.
     """
     _check_block(model, block)
     check_choice("direction", direction, DIRECTIONS)
-    loss_fn = torch_loss(loss) if isinstance(loss, str) else loss
+    if positions is not None:
+        check_choice("positions", positions, POSITIONS)
+    run = step or _loss_step(loss)
     wanted = ["forward", "backward"] if direction == "both" else [direction]
     streams = _Streams(
         Reservoir(max_inputs, seed),
         {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate(DIRECTIONS[:2])},
+        positions,
     )
     total = len(loader) if isinstance(loader, Sized) else None
     # A bar only on a terminal: in logs and pipes it would leave blank lines.
     with Progress(transient=True, disable=not show_progress or not Console().is_terminal) as progress:
         task = progress.add_task(f"collecting {block.label}", total=total)
-        for xb, yb in loader:
-            a_in, a_out, g_out, g_in = _boundaries(model, block, xb, yb, loss_fn, "backward" in wanted)
+        for batch in loader:
+            crossing, grads = _crossing(model, block, batch, run, "backward" in wanted)
+            a_in, a_out = crossing.input.detach(), crossing.output.detach()  # type: ignore[union-attr]
+            if streams.call is None:
+                streams.first(block, crossing, a_in, a_out)
             if "forward" in wanted:
                 streams.add("forward", a_in, a_out)
-            if g_out is not None and g_in is not None:
-                streams.add("backward", g_out, g_in)
-            streams.inputs.add(_flat(a_in))
-            streams.n_samples += len(_flat(a_in))
+            if grads is not None:
+                streams.add("backward", grads[1], grads[0])
+            streams.inputs.add(a_in)
+            streams.n_samples += len(a_in)
             progress.advance(task)
     if streams.n_samples == 0:
         raise fail("loader", "at least one batch", "an empty loader", "pass data to collect from")
+    assert streams.positions is not None
+    inputs = streams.inputs.columns([int(torch.tensor(streams.shapes[0]).prod())])[0]
     return Collection(
         block,
         streams.moments.get("forward"),
         streams.moments.get("backward"),
-        streams.inputs.columns([a_in.shape[-1]])[0],
+        inputs.reshape(-1, *streams.shapes[0]),
         {d: _pair(streams.samples[d].columns(w)) for d, w in streams.widths.items()},
         streams.n_samples,
+        streams.positions,
+        *streams.shapes,
+        streams.call,
     )
 
 
-def _boundaries(
-    model: nn.Module,
-    block: Block,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    loss_fn: Callable,
-    backward: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    names = list(dict.fromkeys([block.start, block.end]))
-    # The input must require grad so a block starting at the first layer still gets its grad_input.
-    x = xb.detach().clone().requires_grad_(backward)
-    with trace(model, select=names, store="device") as rec:
+def _crossing(
+    model: nn.Module, block: Block, batch: Any, run: Step, backward: bool
+) -> tuple[Crossing, tuple[torch.Tensor, torch.Tensor] | None]:
+    """One batch: what crossed the block, and (grad at its input, grad at its output) if asked."""
+    with boundaries(block, alias_input=backward) as seen:
         if backward:
-            value = loss_fn(model(x), yb)
-            torch.autograd.grad(value, [x])
+            with torch.enable_grad():
+                value = run(model, batch)
         else:
             with torch.no_grad():
-                model(x)
-    try:
-        start, end = rec[block.start], rec[block.end]
-        a_in, a_out = start.input, end.output
-        g_out, g_in = (end.grad_output, start.grad_input) if backward else (None, None)
-    except BacklensError as error:
+                run(model, batch)
+    crossing = seen.take()
+    if not backward:
+        return crossing, None
+    assert crossing.output is not None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.requires_grad:
         raise fail(
-            "block",
-            "modules called once per forward pass",
-            str(error),
-            "pick a block of single-call modules",
-        ) from None
-    if a_in is None or a_out is None or (backward and (g_out is None or g_in is None)):
-        raise fail(
-            "block",
-            "tensor activations and gradients at both boundaries",
-            f"None at {block.label}",
-            "pick a block whose modules take and return tensors",
+            "step",
+            "a scalar loss that depends on the model",
+            type(value).__name__,
+            "return the batch's loss from step",
         )
-    return a_in.detach(), a_out.detach(), g_out, g_in
+    g_in, g_out = torch.autograd.grad(value, [crossing.input, crossing.output], allow_unused=True)
+    if g_out is None:
+        raise fail(
+            "block",
+            "a block whose output reaches the loss",
+            f"no gradient at {block.label}'s output",
+            "pick a block on the path to the loss (or output=k for the element the model uses)",
+        )
+    g_in = torch.zeros_like(crossing.input) if g_in is None else g_in
+    return crossing, (g_in.detach(), g_out.detach())

@@ -1,43 +1,138 @@
-"""A block's linear stand-in in use: the task metric with the block replaced (forward), and the
-cosine of the parameter gradients below the block when its backward map carries the gradient."""
+"""A block's linear stand-in in use, in any model: forward, the block's output replaced by the
+map's; backward, the block's vector–Jacobian product replaced by the map's inside the real
+backward of the whole model, so skip connections and every other path stay exact.
+
+The backward swap is a custom autograd Function at the block's exit: in the forward it passes
+the block's output through unchanged; in the backward it sends grad_out·M to the block's input
+and nothing into the block itself. Training through a linear backward builds on `swap_backward`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import fail
 from ..linear.linear_map import LinearMap
 from .block import Block
+from .boundary import boundaries
+from .positions import POSITIONS, from_rows, to_rows
 
-__all__ = ["replaced", "forward_metric", "backward_cosine"]
+__all__ = ["replaced", "swap_backward", "forward_metric", "backward_cosine", "map_positions"]
+
+
+def map_positions(lm: LinearMap, a_in: torch.Tensor, positions: str | None = None) -> str:
+    """How `lm` reads the block's activations: as asked, as fitted (info), or by its width."""
+    chosen = positions or lm.info.get("positions")
+    if chosen in POSITIONS:
+        return str(chosen)
+    for candidate in POSITIONS:
+        if to_rows(a_in[:1], candidate).shape[1] == lm.d_in:
+            return candidate
+    raise fail(
+        "lm",
+        f"a map whose input width matches the block's features ({to_rows(a_in[:1], 'shared').shape[1]}) "
+        f"or its flattened input ({a_in[0].numel()})",
+        repr(lm),
+        "fit the map on this block's pairs",
+    )
+
+
+def _forward_swap(
+    lm: LinearMap, positions: str | None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mode = map_positions(lm, x, positions)
+        rows = lm.apply(to_rows(x, mode))
+        return from_rows(rows, y, mode).to(y.dtype)
+
+    return swap
+
+
+class _LinearBackward(torch.autograd.Function):
+    """y passes unchanged; its gradient goes to x as grad·M, and none into the block's graph."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, x: torch.Tensor, backward: Callable) -> torch.Tensor:  # type: ignore[override]
+        ctx.backward_map = backward
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
+        return None, ctx.backward_map(grad), None
+
+
+def swap_backward(map_gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """A boundary swap whose backward sends map_gradient(grad_out, x) to the block's input."""
+
+    def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _LinearBackward.apply(y, x, lambda grad: map_gradient(grad, x))
+
+    return swap
+
+
+def _backward_swap(lm: LinearMap, positions: str | None) -> Callable:
+    def gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mode = positions if positions in POSITIONS else _backward_positions(lm, x, grad)
+        return from_rows(lm.apply(to_rows(grad, mode)), x, mode).to(x.dtype)
+
+    return swap_backward(gradient)
+
+
+def _backward_positions(lm: LinearMap, x: torch.Tensor, grad: torch.Tensor) -> str:
+    chosen = lm.info.get("positions")
+    if chosen in POSITIONS:
+        return str(chosen)
+    for candidate in POSITIONS:
+        if (
+            to_rows(grad[:1], candidate).shape[1] == lm.d_in
+            and to_rows(x[:1], candidate).shape[1] == lm.d_out
+        ):
+            return candidate
+    raise fail(
+        "lm",
+        "a backward map from the block's output width to its input width",
+        repr(lm),
+        "fit the map on this block's backward pairs",
+    )
 
 
 @contextmanager
-def replaced(block: Block, lm: LinearMap) -> Iterator[None]:
-    """Within the body, the block's output is lm applied to the block's input (hooks, removed on exit)."""
-    entering: list[torch.Tensor] = []
-    model = block.model
-
-    def keep_input(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        entering.append(inputs[0])
-
-    def swap_output(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
-        return lm.apply(entering.pop())
-
-    handles = [
-        model.get_submodule(block.start).register_forward_pre_hook(keep_input),
-        model.get_submodule(block.end).register_forward_hook(swap_output),
-    ]
-    try:
+def replaced(
+    model: nn.Module, block: Block, lm: LinearMap, direction: str = "forward", positions: str | None = None
+) -> Iterator[None]:
+    """Within the body the block is replaced by `lm`: forward, its output is the map's; backward,
+    its vector–Jacobian product is the map's (the forward stays exact). Restored on exit."""
+    if not isinstance(block, Block) or block.model is not model:
+        raise fail(
+            "block",
+            "a backlens.Block of this model",
+            type(block).__name__,
+            "build it with Block(model, path)",
+        )
+    if not isinstance(lm, LinearMap):
+        raise fail("lm", "a backlens.LinearMap", type(lm).__name__, "pass a fitted map")
+    if direction not in ("forward", "backward"):
+        raise fail("direction", "'forward' or 'backward'", repr(direction), "pick one")
+    swap = _forward_swap(lm, positions) if direction == "forward" else _backward_swap(lm, positions)
+    with boundaries(block, swap=swap):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+def _batch_size(batch: Any) -> int:
+    first = (
+        batch[0]
+        if isinstance(batch, (tuple, list))
+        else next(iter(batch.values()))
+        if isinstance(batch, dict)
+        else batch
+    )
+    return len(first) if hasattr(first, "__len__") else 1
 
 
 @torch.no_grad()
@@ -45,54 +140,106 @@ def forward_metric(
     block: Block,
     lm: LinearMap | None,
     loader: Iterable,
-    metric: Callable[[torch.Tensor, torch.Tensor], float],
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    step: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    positions: str | None = None,
 ) -> float:
-    """Mean of `metric(output, y)` per sample over the loader, the block replaced by `lm` (None: intact)."""
+    """Mean per sample of `metric(output, y)` over (x, y) batches — or of `step(model, batch)`,
+    the loss, for any batch — with the block replaced by `lm` (None: intact)."""
+    if (metric is None) == (step is None):
+        raise fail(
+            "metric, step",
+            "exactly one of them",
+            "both or neither",
+            "pass metric for (x, y) batches, else step",
+        )
+    model = block.model
     total, count = 0.0, 0
-    for xb, yb in loader:
-        if lm is None:
-            out = block.model(xb)
-        else:
-            with replaced(block, lm):
-                out = block.model(xb)
-        total += metric(out, yb) * len(xb)
-        count += len(xb)
+    for batch in loader:
+        with replaced(model, block, lm, positions=positions) if lm is not None else _nothing():
+            if step is not None:
+                value = float(step(model, batch))
+            else:
+                value = metric(model(batch[0]), batch[1])  # type: ignore[misc]
+        size = _batch_size(batch)
+        total += value * size
+        count += size
     return total / count
 
 
-def backward_cosine(block: Block, lm: LinearMap, loader: Iterable, loss_fn: Callable) -> float | None:
-    """Mean over batches of cos(true ∇θ, ∇θ with grad_in = lm(grad_out)) for parameters below the block.
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
-    None when nothing below the block has parameters (the block starts at the model's input).
-    """
+
+def _below(
+    model: nn.Module, block: Block, run: Callable[[nn.Module, Any], torch.Tensor], batch: Any
+) -> tuple[list[nn.Parameter], list[torch.Tensor | None]]:
+    """The parameters upstream of the block's input (those whose gradient passes through or
+    around the block) and their true gradients for this batch."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with boundaries(block) as seen:
+        value = run(model, batch)
+    x = seen.take().input
+    if not x.requires_grad:
+        return [], []
+    reach = torch.autograd.grad(x, params, torch.ones_like(x), retain_graph=True, allow_unused=True)
+    below = [p for p, r in zip(params, reach, strict=True) if r is not None]
+    if not below:
+        return [], []
+    true: list[torch.Tensor | None] = list(torch.autograd.grad(value, below, allow_unused=True))
+    return below, true
+
+
+def _cosine(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> float:
+    """cos between two lists of gradients; a missing gradient counts as zeros."""
+    flat_a, flat_b = [], []
+    for s, t in zip(a, b, strict=True):
+        if s is None and t is None:
+            continue
+        like = s if s is not None else t
+        assert like is not None
+        flat_a.append((s if s is not None else torch.zeros_like(like)).reshape(-1).double())
+        flat_b.append((t if t is not None else torch.zeros_like(like)).reshape(-1).double())
+    if not flat_a:
+        return math.nan
+    return _cos(torch.cat(flat_a), torch.cat(flat_b))
+
+
+def _cos(flat_a: torch.Tensor, flat_b: torch.Tensor) -> float:
+    denom = float(flat_a.norm() * flat_b.norm())
+    return float(flat_a @ flat_b) / denom if denom > 0 else math.nan
+
+
+def backward_cosine(
+    block: Block,
+    lm: LinearMap,
+    loader: Iterable,
+    loss_fn: Callable | None = None,
+    step: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    positions: str | None = None,
+) -> float | None:
+    """Mean over batches of cos(true ∇θ, ∇θ with the block's backward replaced by `lm`), over the
+    parameters upstream of the block's input; None when there are none (the block starts at the
+    model's input). The real backward of the whole model runs both times."""
+    if (loss_fn is None) == (step is None):
+        raise fail(
+            "loss_fn, step",
+            "exactly one of them",
+            "both or neither",
+            "pass loss_fn for (x, y) batches, else step",
+        )
+    run = step or (lambda model, batch: loss_fn(model(batch[0]), batch[1]))  # type: ignore[misc]
     model = block.model
     cosines = []
-    for xb, yb in loader:
-        captured: dict[str, torch.Tensor] = {}
-        handles = [
-            model.get_submodule(block.start).register_forward_pre_hook(
-                lambda m, inputs, store=captured: store.__setitem__("in", inputs[0])
-            ),
-            model.get_submodule(block.end).register_forward_hook(
-                lambda m, inputs, output, store=captured: store.__setitem__("out", output)
-            ),
-        ]
-        try:
-            value = loss_fn(model(xb), yb)
-        finally:
-            for handle in handles:
-                handle.remove()
-        a_in, a_out = captured["in"], captured["out"]
-        if not a_in.requires_grad:
-            return None
-        params = [p for p in model.parameters() if p.requires_grad]
-        g_out, g_in = torch.autograd.grad(value, [a_out, a_in], retain_graph=True)
-        true = torch.autograd.grad(a_in, params, grad_outputs=g_in, retain_graph=True, allow_unused=True)
-        approx = torch.autograd.grad(a_in, params, grad_outputs=lm.apply(g_out), allow_unused=True)
-        pairs = [(t, a) for t, a in zip(true, approx, strict=True) if t is not None]
-        t_flat = torch.cat([t.reshape(-1) for t, _ in pairs]).double()
-        a_flat = torch.cat([a.reshape(-1) for _, a in pairs]).double()
-        denom = float(t_flat.norm() * a_flat.norm())
-        cosines.append(float(t_flat @ a_flat) / denom if denom > 0 else math.nan)
+    for batch in loader:
+        with torch.enable_grad():
+            below, true = _below(model, block, run, batch)
+            if not below:
+                return None
+            with replaced(model, block, lm, direction="backward", positions=positions):
+                value = run(model, batch)
+            approx: list[torch.Tensor | None] = list(torch.autograd.grad(value, below, allow_unused=True))
+        cosines.append(_cosine(true, approx))
     finite = [c for c in cosines if not math.isnan(c)]
     return sum(finite) / len(finite) if finite else math.nan

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from ..errors import BacklensError, check_choice, fail
 from ..linear import methods as names
-from ..linear.analytic import DIRECTIONS, expected_mask, identity, mean_jacobian, weights_only
+from ..linear.analytic import DIRECTIONS, identity
 from ..linear.linear_map import LinearMap
 from ..linear.moments import Moments
 from ..linear.ridge import reduced_rank, ridge
+from .analytic import expected_mask, mean_jacobian, weights_only
 from .block import Block
 from .collect import Collection
 
@@ -98,18 +99,23 @@ def _chain_only(fit: Callable[[Block, Collection, str], LinearMap]) -> Fit:
                 "use mean-jacobian or ridge"
             )
             return NotApplicable(method.label, direction, reason)
+        if collection.inputs.ndim > 3 or (collection.inputs.ndim == 3 and collection.positions != "shared"):
+            shape = tuple(collection.inputs.shape[1:])
+            reason = f"{method.name} acts on rows of the chain's features; got inputs {shape}"
+            return NotApplicable(method.label, direction, reason)
         return fit(block, collection, direction)
 
     return checked
 
 
+def _mean_jacobian(method: Method, block: Block, collection: Collection, direction: str) -> LinearMap:
+    return mean_jacobian(block, collection.inputs, direction, collection.positions, collection.call)
+
+
 def _identity(
     method: Method, block: Block, collection: Collection, direction: str
 ) -> LinearMap | NotApplicable:
-    moments = collection.forward or collection.backward
-    assert moments is not None
-    d_in = collection.inputs.shape[1]
-    d_out = moments.d_out if collection.forward is not None else moments.d_in
+    d_in, d_out = collection.in_width, collection.out_width
     if d_in != d_out:
         reason = f"identity only for a block whose input and output widths match, got {d_in} → {d_out}"
         return NotApplicable(method.label, direction, reason)
@@ -119,9 +125,9 @@ def _identity(
 METHODS: dict[str, Fit] = {
     names.RIDGE: _ridge,
     names.REDUCED_RANK: _reduced_rank,
-    names.EXPECTED_MASK: _chain_only(lambda b, c, d: expected_mask(b.layers(), c.inputs, d)),
-    names.MEAN_JACOBIAN: lambda m, b, c, d: mean_jacobian(b.layers(), c.inputs, d),
-    names.WEIGHTS_ONLY: _chain_only(lambda b, c, d: weights_only(b.layers(), d)),
+    names.EXPECTED_MASK: _chain_only(lambda b, c, d: expected_mask(b, c.inputs, d)),
+    names.MEAN_JACOBIAN: _mean_jacobian,
+    names.WEIGHTS_ONLY: _chain_only(lambda b, c, d: weights_only(b, d)),
     names.IDENTITY: _identity,
 }
 # How each is written where a choice is made (the CLI's help is built from this).
@@ -153,10 +159,20 @@ def parse_methods(methods: str | Sequence[str]) -> list[Method]:
 def fit_or_explain(
     method: Method | str, block: Block, collection: Collection, direction: str
 ) -> LinearMap | NotApplicable:
-    """The method's map for the block in `direction`, or why it does not apply."""
+    """The method's map for the block in `direction`, or why it does not apply.
+
+    A method that fails inside torch for this block (an operation without a derivative, say)
+    does not apply either: the reason carries torch's message, and other methods go on.
+    """
     method = parse_method(method) if isinstance(method, str) else method
     check_choice("direction", direction, DIRECTIONS)
-    return METHODS[method.name](method, block, collection, direction)
+    try:
+        fitted = METHODS[method.name](method, block, collection, direction)
+    except RuntimeError as error:  # torch's own failures; BacklensError (a ValueError) passes
+        return NotApplicable(method.label, direction, f"failed inside torch: {str(error).splitlines()[0]}")
+    if isinstance(fitted, LinearMap):
+        fitted.info.setdefault("positions", collection.positions)
+    return fitted
 
 
 def fit_method(method: Method | str, block: Block, collection: Collection, direction: str) -> LinearMap:

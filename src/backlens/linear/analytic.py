@@ -15,7 +15,7 @@ from ..errors import check_choice, check_positive_int, describe, fail
 from .linear_map import LinearMap
 from .methods import EXPECTED_MASK, IDENTITY, MEAN_JACOBIAN, WEIGHTS_ONLY
 
-__all__ = ["expected_mask", "mean_jacobian", "weights_only", "identity", "DIRECTIONS"]
+__all__ = ["expected_mask", "mean_jacobian", "weights_only", "identity", "make_map", "DIRECTIONS"]
 
 # Shape convention: row vectors, X (n, d_in) → block → Y (n, d_out). A chain Linear → σ → Linear …
 # has Jacobian J(x) = W_L·diag(σ'(z_{L−1}))·…·W_1, (d_out, d_in) in PyTorch weight layout.
@@ -117,7 +117,7 @@ def _product(steps: tuple[Op, ...], diags: dict[int, torch.Tensor], d_in: int) -
     return J
 
 
-def _make(
+def make_map(
     J: torch.Tensor,
     direction: str,
     mean_x: torch.Tensor | None,
@@ -154,7 +154,7 @@ def expected_mask(layers: Any, X_in: torch.Tensor, direction: str) -> LinearMap:
     if count > 1:
         info["note"] = "more than one nonlinearity: a product of mean derivatives, not the mean Jacobian"
     J = _product(ops.steps, means, ops.d_in)
-    return _make(J, direction, sum_x / n, sum_y / n, EXPECTED_MASK, info)
+    return make_map(J, direction, sum_x / n, sum_y / n, EXPECTED_MASK, info)
 
 
 def _transposed(steps: tuple[Op, ...]) -> tuple[Op, ...]:
@@ -260,7 +260,7 @@ def mean_jacobian(fn_or_layers: Any, X_in: torch.Tensor, direction: str) -> Line
             info["not_a_chain"] = f"{chain.got}: expected {chain.expected}"
         J, mean_y = _func_mean_jacobian(_as_function(fn_or_layers), X.double())
     info["n"] = X.shape[0]
-    return _make(J, direction, X.double().mean(dim=0), mean_y, MEAN_JACOBIAN, info)
+    return make_map(J, direction, X.double().mean(dim=0), mean_y, MEAN_JACOBIAN, info)
 
 
 def _as_function(fn_or_layers: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -283,7 +283,7 @@ def weights_only(layers: Any, direction: str) -> LinearMap:
             J = step.weight @ J
             bias = bias @ step.weight.T + (0 if step.bias is None else step.bias)
     info = {"activations_removed": sum(1 for s in ops.steps if isinstance(s, ActivationStep))}
-    lm = _make(J, direction, None, None, WEIGHTS_ONLY, info)
+    lm = make_map(J, direction, None, None, WEIGHTS_ONLY, info)
     return LinearMap(lm.matrix, bias, lm.method, lm.info) if direction == "forward" else lm
 
 

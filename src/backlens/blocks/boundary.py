@@ -1,0 +1,134 @@
+"""Hook glue: what crosses a block's two boundaries in a forward pass, and swapping what leaves it.
+
+A forward pre-hook on the block's entry module sees the block's input (its first positional
+argument; the other arguments are kept, for the block's function); a forward hook on its exit
+module sees the output. With `alias_input`, the input is replaced by a fresh leaf that only
+the block sees, so the gradient that reaches it is the block's own vector–Jacobian product,
+whatever else (a skip connection) uses the original. Hooks live in this context and are
+removed on exit, also on error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import describe, fail
+from .block import Block
+
+__all__ = ["Crossing", "Boundaries", "boundaries"]
+
+Swap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (block input, block output) -> output
+
+
+@dataclass
+class Crossing:
+    """One call of the block: its input, output, and the entry module's other arguments."""
+
+    input: torch.Tensor
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output: torch.Tensor | None = None
+
+
+@dataclass
+class Boundaries:
+    """Every call of the block since the last `take()`."""
+
+    block: Block
+    calls: list[Crossing] = field(default_factory=list)
+
+    def take(self) -> Crossing:
+        """The one call of the last forward pass; raise if the block ran another number of times."""
+        calls, self.calls = self.calls, []
+        if len(calls) != 1 or calls[0].output is None:
+            raise fail(
+                "block",
+                "a block that runs once per forward pass",
+                f"block {self.block.label} ran {len(calls)} times" if len(calls) != 1 else "no output seen",
+                "pick a block that the model calls once (a module reused in a loop is not one block)",
+            )
+        return calls[0]
+
+
+def _output_tensor(block: Block, output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """The block's output tensor, and how to put a replacement back into the module's output."""
+    if isinstance(output, torch.Tensor):
+        return output, lambda new: new
+    if isinstance(output, (tuple, list)) and block.output is not None and block.output < len(output):
+        index = block.output
+
+        def rebuild(new: torch.Tensor) -> Any:
+            items = list(output)
+            items[index] = new
+            return type(output)(items) if isinstance(output, list) else tuple(items)
+
+        chosen = output[index]
+        if isinstance(chosen, torch.Tensor):
+            return chosen, rebuild
+    raise fail(
+        "output",
+        "a block whose exit returns a tensor, or output=k for the k-th element of a tuple",
+        f"{type(block.exit).__name__} returning {describe(output)} (output={block.output})",
+        f"pass Block(model, {block.start!r}, output=0) for the first element",
+    )
+
+
+def _check_input(block: Block, value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise fail(
+            "block",
+            "a block whose input is a floating-point tensor (activations, not token ids)",
+            f"{block.label} entered with {describe(value)}",
+            "start the block after the embedding",
+        )
+    return value
+
+
+@contextmanager
+def boundaries(block: Block, alias_input: bool = False, swap: Swap | None = None) -> Iterator[Boundaries]:
+    """Within the body, every call of the block is recorded; `swap` replaces its output."""
+    seen = Boundaries(block)
+
+    def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not args:
+            raise fail(
+                "block", "a block whose entry takes its input positionally", block.label, "pick another block"
+            )
+        x = _check_input(block, args[0])
+        if alias_input:
+            x = x.detach().requires_grad_(True)
+        seen.calls.append(Crossing(x, args[1:], dict(kwargs)))
+        return ((x, *args[1:]), kwargs) if alias_input else None
+
+    def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not seen.calls or seen.calls[-1].output is not None:
+            raise fail(
+                "block",
+                "the block's exit run after its entry, once per call",
+                block.label,
+                "pick a block whose modules run in order",
+            )
+        tensor, rebuild = _output_tensor(block, output)
+        crossing = seen.calls[-1]
+        crossing.output = tensor
+        if swap is None:
+            return None
+        new = swap(crossing.input, tensor)
+        crossing.output = new
+        return rebuild(new)
+
+    handles = [
+        block.entry.register_forward_pre_hook(enter, with_kwargs=True),
+        block.exit.register_forward_hook(leave),
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
