@@ -45,6 +45,8 @@ def _module_paths(model: nn.Module) -> dict[str, nn.Module]:
 
 def _check_path(model: nn.Module, argument: str, path: str) -> None:
     paths = _module_paths(model)
+    if path == "":  # the model itself: its input -> its output
+        return
     if not isinstance(path, str) or path not in paths:
         close = difflib.get_close_matches(str(path), list(paths), n=6, cutoff=0.3)
         listing = ", ".join(close or list(paths)[:12])
@@ -95,8 +97,7 @@ class Block:
     def _check_span(self) -> None:
         assert self.end is not None
         container = _common_container(self.start, self.end)
-        path = container
-        for part in [p for p in (self.start, self.end)]:
+        for part in (self.start, self.end):
             for step in _ancestors(container, _parent(part)):
                 module = self.model.get_submodule(step) if step else self.model
                 if not is_plain_sequential(module):
@@ -105,7 +106,8 @@ class Block:
                         "a span of modules run one after the other by one plain nn.Sequential",
                         f"{self.start!r}…{self.end!r} inside {step or 'the model'!r} "
                         f"({type(module).__name__}, whose own forward decides order and dataflow)",
-                        f"use the enclosing module, Block(model, {step or path!r}), or one module per block",
+                        f"use the enclosing module, Block(model, {_callable_ancestor(self.model, step)!r}) "
+                        "('' is the whole model), or one module per block",
                     )
         names = [n for n, _ in self._span_units()]
         if not names:
@@ -243,6 +245,13 @@ class Block:
                 )
             parsed.append(cls(model, start.strip(), end.strip() if colon else None))
         return parsed
+
+
+def _callable_ancestor(model: nn.Module, path: str) -> str:
+    """`path`, or its nearest ancestor that has a forward (a ModuleList or ModuleDict has none)."""
+    while path and isinstance(model.get_submodule(path), (nn.ModuleList, nn.ModuleDict)):
+        path = _parent(path)
+    return path
 
 
 def _ancestors(container: str, parent: str) -> list[str]:

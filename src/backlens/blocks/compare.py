@@ -14,7 +14,7 @@ from ..linear.linear_map import LinearMap
 from ..linear.scores import score
 from . import inuse
 from .block import Block
-from .collect import DIRECTIONS, Collection, collect
+from .collect import DIRECTIONS, Collection, Step, collect
 from .methods import DEFAULT_METHODS, Method, NotApplicable, fit_or_explain, parse_methods
 
 __all__ = ["compare", "CompareRow", "Fits", "fit_all"]
@@ -77,7 +77,30 @@ def _scores(lm: LinearMap, collection: Collection, direction: str) -> tuple[floa
     return float(exact.rel_error), float(exact.r2), cosine
 
 
-def _intact_row(block: Block, test_loader: Iterable, loss: Loss) -> CompareRow:
+@dataclass(frozen=True)
+class _Use:
+    """How a block is measured in use: the task metric of a named loss on (x, y) batches, or,
+    with `step`, the step's loss on any batch."""
+
+    loss: Loss
+    step: Step | None
+
+    @property
+    def metric_name(self) -> str:
+        return "loss" if self.step is not None else self.loss.metric_name
+
+    def forward(self, block: Block, lm: LinearMap | None, loader: Iterable) -> float:
+        if self.step is not None:
+            return inuse.forward_metric(block, lm, loader, step=self.step)
+        return inuse.forward_metric(block, lm, loader, self.loss.metric)
+
+    def backward(self, block: Block, lm: LinearMap, loader: Iterable) -> float | None:
+        if self.step is not None:
+            return inuse.backward_cosine(block, lm, loader, step=self.step)
+        return inuse.backward_cosine(block, lm, loader, self.loss.torch_loss)
+
+
+def _intact_row(block: Block, test_loader: Iterable, use: _Use) -> CompareRow:
     return CompareRow(
         block.label,
         "intact",
@@ -85,8 +108,8 @@ def _intact_row(block: Block, test_loader: Iterable, loss: Loss) -> CompareRow:
         test_rel_error=0.0,
         test_r2=1.0,
         test_cosine=1.0,
-        in_use=inuse.forward_metric(block, None, test_loader, loss.metric),
-        in_use_metric=loss.metric_name,
+        in_use=use.forward(block, None, test_loader),
+        in_use_metric=use.metric_name,
     )
 
 
@@ -98,18 +121,19 @@ def _method_row(
     train: Collection,
     test: Collection,
     test_loader: Iterable,
-    loss: Loss,
+    use: _Use,
 ) -> CompareRow:
     row = CompareRow(block.label, label, direction)
     row.test_rel_error, row.test_r2, row.test_cosine = _scores(lm, test, direction)
     row.train_rel_error, row.train_r2, row.train_cosine = _scores(lm, train, direction)
     row.info = {k: v for k, v in lm.info.items() if isinstance(v, (int, float, str, type(None)))}
-    if direction == "forward":
-        row.in_use = inuse.forward_metric(block, lm, test_loader, loss.metric)
-        row.in_use_metric = loss.metric_name
-    else:
-        row.in_use = inuse.backward_cosine(block, lm, test_loader, loss.torch_loss)
-        row.in_use_metric = "grad cosine"
+    try:
+        if direction == "forward":
+            row.in_use, row.in_use_metric = use.forward(block, lm, test_loader), use.metric_name
+        else:
+            row.in_use, row.in_use_metric = use.backward(block, lm, test_loader), "grad cosine"
+    except RuntimeError as error:  # torch failed for this block in use: say so, keep the table
+        row.note = f"in use failed inside torch: {str(error).splitlines()[0]}"
     return row
 
 
@@ -135,6 +159,8 @@ def compare(
     train: Collection | None = None,
     test: Collection | None = None,
     fitted: Fits | None = None,
+    step: Step | None = None,
+    positions: str | None = None,
 ) -> list[CompareRow]:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
@@ -143,21 +169,23 @@ def compare(
     (method 'intact'). In use, backward: the mean cosine between true parameter gradients below
     the block and those through the backward map. `train`, `test` and `fitted` (from `fit_all`)
     skip collecting or fitting again. A method that does not apply gets a row with its reason
-    in `note` and no scores.
+    in `note` and no scores. `step(model, batch) -> loss` runs batches of any form (then the
+    forward in-use figure is that loss); `positions` as in `collect`.
     """
     check_choice("direction", direction, DIRECTIONS)
     parsed = parse_methods([m.label if isinstance(m, Method) else m for m in methods])
-    entry = get_loss(loss)
-    train = train or collect(model, block, train_loader, direction, loss, show_progress=show_progress)
-    test = test or collect(model, block, test_loader, direction, loss, show_progress=show_progress)
+    use = _Use(get_loss(loss), step)
+    options = {"show_progress": show_progress, "step": step, "positions": positions}
+    train = train or collect(model, block, train_loader, direction, loss, **options)  # type: ignore[arg-type]
+    test = test or collect(model, block, test_loader, direction, loss, **options)  # type: ignore[arg-type]
     fits = fitted or fit_all(block, train, parsed, direction)
-    rows = [_intact_row(block, test_loader, entry)] if direction in ("forward", "both") else []
+    rows = [_intact_row(block, test_loader, use)] if direction in ("forward", "both") else []
     for method in parsed:
         for d in _directions(direction):
             key = (method.label, d)
             if key in fits.maps:
                 rows.append(
-                    _method_row(block, method.label, d, fits.maps[key], train, test, test_loader, entry)
+                    _method_row(block, method.label, d, fits.maps[key], train, test, test_loader, use)
                 )
             else:
                 skipped = fits.skipped.get(key)
