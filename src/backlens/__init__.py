@@ -5,6 +5,7 @@ from .blocks.block import Block
 from .blocks.collect import Collection, collect
 from .blocks.compare import CompareRow, Fits, compare, fit_all
 from .blocks.inuse import replaced
+from .blocks.linearity import LinearityRow, linearity
 from .blocks.methods import METHOD_CHOICES, NotApplicable, fit_method
 from .byhand.check import CheckRow, Report, check
 from .byhand.engine import LayerTape, Tape, backprop
@@ -81,6 +82,8 @@ __all__ = [
     "NotApplicable",
     "METHOD_CHOICES",
     "replaced",
+    "linearity",
+    "LinearityRow",
     # workflows
     "build_mlp",
     "seed_regression",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +32,14 @@ from .block import Block
 from .boundary import Crossing
 from .positions import POSITIONS, check_shared, feature_axis, to_rows
 
-__all__ = ["mean_jacobian", "expected_mask", "weights_only", "block_function"]
+__all__ = [
+    "mean_jacobian",
+    "mean_jacobian_parts",
+    "JacobianParts",
+    "expected_mask",
+    "weights_only",
+    "block_function",
+]
 
 CHUNK_BYTES = 1 << 27  # input gradients held at once: 128 MiB
 TRAIN_MODE_NOTE = "the model was in training mode: the map is of its eval-mode function"
@@ -127,6 +135,45 @@ def _add_row(total: torch.Tensor, g: torch.Tensor, o: int, probe: torch.Tensor, 
     total[k] += moved[(slice(None), *position)].sum(dim=0)  # type: ignore[index]
 
 
+@dataclass(frozen=True)
+class JacobianParts:
+    """A block's mean Jacobian J̄ (block_out, block_in) and the means that give the forward bias."""
+
+    J: torch.Tensor
+    mean_x: torch.Tensor
+    mean_y: torch.Tensor
+    info: dict[str, Any]
+
+    def map(self, direction: str) -> LinearMap:
+        return core.make_map(self.J, direction, self.mean_x, self.mean_y, MEAN_JACOBIAN, dict(self.info))
+
+
+def mean_jacobian_parts(
+    block: Block, X_in: torch.Tensor, positions: str | None = None, call: Crossing | None = None
+) -> JacobianParts:
+    """J̄ of a Block over the samples X_in, with E[x] and E[y] per row (both directions' maps)."""
+    X = _check_inputs(X_in)
+    positions = positions or ("shared" if X.ndim <= 3 else "flat")
+    check_choice("positions", positions, POSITIONS)
+    if block.is_linear_chain() and (X.ndim == 2 or (X.ndim == 3 and positions == "shared")):
+        rows = to_rows(X, "shared")
+        lm = core.mean_jacobian(block.layers(), rows, "forward")
+        mean_x = rows.double().mean(dim=0)
+        return JacobianParts(
+            lm.matrix.T, mean_x, mean_x @ lm.matrix + lm.bias, {**lm.info, "positions": positions}
+        )
+    f, info = block_function(block, call)
+    if positions == "shared" and X.ndim > 2:
+        with torch.no_grad():
+            check_shared(X[:1], f(X[:1]), block.label)
+    total, sum_y = _accumulate(f, X, positions)
+    shared = X.ndim > 2 and positions == "shared"
+    count = to_rows(X[:1], positions).shape[0] * len(X) if shared else len(X)
+    mean_x = to_rows(X, positions if shared else "flat").mean(dim=0)
+    info.update(path="autograd", positions=positions, n=len(X))
+    return JacobianParts(total / count, mean_x, sum_y / count, info)
+
+
 def mean_jacobian(
     target: Any,
     X_in: torch.Tensor,
@@ -139,23 +186,7 @@ def mean_jacobian(
     if not isinstance(target, Block):
         return core.mean_jacobian(target, X_in, direction)
     check_choice("direction", direction, core.DIRECTIONS)
-    X = _check_inputs(X_in)
-    positions = positions or ("shared" if X.ndim <= 3 else "flat")
-    check_choice("positions", positions, POSITIONS)
-    if target.is_linear_chain() and (X.ndim == 2 or (X.ndim == 3 and positions == "shared")):
-        lm = core.mean_jacobian(target.layers(), to_rows(X, "shared"), direction)
-        lm.info.update(positions=positions)
-        return lm
-    f, info = block_function(target, call)
-    if positions == "shared" and X.ndim > 2:
-        with torch.no_grad():
-            check_shared(X[:1], f(X[:1]), target.label)
-    total, sum_y = _accumulate(f, X, positions)
-    rows = to_rows(X[:1], positions).shape[0] * len(X) if X.ndim > 2 and positions == "shared" else len(X)
-    J = total / rows
-    mean_x = to_rows(X, positions if X.ndim > 2 else "flat").mean(dim=0)
-    info.update(path="autograd", positions=positions, n=len(X))
-    return core.make_map(J, direction, mean_x, sum_y / rows, MEAN_JACOBIAN, info)
+    return mean_jacobian_parts(target, X_in, positions, call).map(direction)
 
 
 def _chain_rows(block: Block, X_in: torch.Tensor, method: str) -> torch.Tensor:

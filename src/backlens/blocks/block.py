@@ -167,9 +167,10 @@ class Block:
 
     def not_a_chain(self) -> str | None:
         """Why the block is not a Linear/activation chain (`byhand.chain`), or None if it is one."""
-        leaves = (
-            list(zip(self.names, self.modules, strict=True)) if self.is_span else chain_leaves(self.layers())
-        )
+        if self.is_span:
+            leaves = list(zip(self.names, self.modules, strict=True))
+        else:  # named by their paths in the model
+            leaves = [(".".join(p for p in (self.start, n) if p), m) for n, m in chain_leaves(self.layers())]
         chain = read_chain(leaves)
         return chain.got if isinstance(chain, NotAChain) else None
 

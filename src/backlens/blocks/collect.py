@@ -82,6 +82,9 @@ class Collection:
     input_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()
     call: Crossing | None = None
+    cache: dict[str, Any] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # fits shared by directions
 
     @property
     def in_width(self) -> int:

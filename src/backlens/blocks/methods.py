@@ -15,7 +15,7 @@ from ..linear.analytic import DIRECTIONS, identity
 from ..linear.linear_map import LinearMap
 from ..linear.moments import Moments
 from ..linear.ridge import reduced_rank, ridge
-from .analytic import expected_mask, mean_jacobian, weights_only
+from .analytic import expected_mask, mean_jacobian_parts, weights_only
 from .block import Block
 from .collect import Collection
 
@@ -109,7 +109,11 @@ def _chain_only(fit: Callable[[Block, Collection, str], LinearMap]) -> Fit:
 
 
 def _mean_jacobian(method: Method, block: Block, collection: Collection, direction: str) -> LinearMap:
-    return mean_jacobian(block, collection.inputs, direction, collection.positions, collection.call)
+    # one J̄ serves both directions: computed once per collection
+    if "mean-jacobian" not in collection.cache:
+        parts = mean_jacobian_parts(block, collection.inputs, collection.positions, collection.call)
+        collection.cache["mean-jacobian"] = parts
+    return collection.cache["mean-jacobian"].map(direction)
 
 
 def _identity(

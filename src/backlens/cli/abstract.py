@@ -9,9 +9,20 @@ import typer
 from ..blocks.collect import DIRECTIONS
 from ..blocks.methods import METHOD_CHOICES
 from ..byhand.losses import LOSS_NAMES
+from ..errors import fail
 from ..workflows.abstract import ABSTRACT_METHODS
 from ..workflows.mlp import ACTIVATIONS
+from ..workflows.zoo import ARCH_NAMES
 from .main import app, console, run_or_exit
+
+
+def _refuse_mlp_flags(given: list[str]) -> None:
+    raise fail(
+        "--arch",
+        "no MLP options beside it (the architecture brings its own model and data)",
+        ", ".join(given),
+        "drop those options, or drop --arch",
+    )
 
 
 @app.command("abstract")
@@ -23,7 +34,13 @@ def abstract_command(
     loss: Annotated[
         str | None, typer.Option(help=f"{', '.join(LOSS_NAMES)} (default: ce for classes, else mse)")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Training epochs (default: 30 for an MLP, the architecture's own for --arch)"),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="A shipped architecture on its bundled data: " + ", ".join(ARCH_NAMES))
+    ] = None,
     blocks: Annotated[
         str, typer.Option(help="'all' (each Linear→act→Linear) or start:end module names")
     ] = "all",
@@ -45,13 +62,42 @@ def abstract_command(
     """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward."""
     from ..workflows.abstract import AbstractOptions, run_abstract  # its heavy imports: only when run
 
+    if arch is not None:
+        # Options that describe the MLP and its data: --arch brings its own, so they must not be set.
+        mlp_only = (
+            ("--data", data, "digits"),
+            ("--target", target, None),
+            ("--layers", layers, "64,128,128,10"),
+            ("--activation", activation, "relu"),
+            ("--loss", loss, None),
+            ("--model", model, None),
+            ("--repeat", repeat, 1),
+            ("--test-size", test_size, 0.3),
+        )
+        given = [flag for flag, value, default in mlp_only if value != default]
+        if given:
+            run_or_exit(_refuse_mlp_flags, given)
+        from ..workflows.arch_run import ArchOptions, run_arch
+
+        arch_options = ArchOptions(
+            arch=arch,
+            epochs=epochs,
+            blocks=blocks,
+            direction=direction,
+            seed=seed,
+            out=out,
+            overwrite=overwrite,
+            methods=methods if methods != ABSTRACT_METHODS else ArchOptions.methods,
+        )
+        run_or_exit(run_arch, arch_options, console=console)
+        return
     options = AbstractOptions(
         data=data,
         target=target,
         layers=layers,
         activation=activation,
         loss=loss,
-        epochs=epochs,
+        epochs=30 if epochs is None else epochs,
         blocks=blocks,
         direction=direction,
         methods=methods,

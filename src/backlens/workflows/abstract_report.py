@@ -174,11 +174,11 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
 
 def write_outputs(console: Console, results: dict[str, Any], out: Path) -> None:
     """results.json and the three plots; maps and model were written during the run."""
-    paths = [
-        write_json(out / "results.json", results),
-        _plot_errors(results, out / "heldout_error.png"),
-        _plot_curve(results, out / "error_vs_samples.png"),
-        _plot_spectra(results, out / "spectra.png"),
-    ]
+    blocks = results["runs"][0]["blocks"]
+    paths = [write_json(out / "results.json", results), _plot_errors(results, out / "heldout_error.png")]
+    if any(b.get("curve") for b in blocks):  # a plot with nothing in it is not written
+        paths.append(_plot_curve(results, out / "error_vs_samples.png"))
+    if any(b.get("spectra") for b in blocks):
+        paths.append(_plot_spectra(results, out / "spectra.png"))
     for path in paths:
         console.print(f"wrote {path}")

@@ -1,0 +1,189 @@
+"""`backlens abstract --arch` and `backlens linearity`: a zoo architecture trained on its bundled
+data, then every stand-in method for each of its blocks, and the linearity profile."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from torch import nn
+
+from ..blocks.block import Block
+from ..blocks.collect import collect
+from ..blocks.compare import compare, fit_all
+from ..blocks.methods import DEFAULT_METHODS, parse_methods
+from ..errors import BacklensError, check_choice, fail
+from ..files import write_json
+from ..linear.linearity import linearity_score
+from .zoo import ARCHITECTURES, accuracy, loaders, train_arch, zoo_data
+
+__all__ = ["ArchOptions", "run_arch", "zoo_block", "linearity_table"]
+
+MAX_INPUTS = 512
+
+
+@dataclass
+class ArchOptions:
+    """Everything `backlens abstract --arch` and `backlens linearity` take."""
+
+    arch: str = "transformer"
+    epochs: int | None = None
+    blocks: str = "all"
+    direction: str = "both"
+    methods: str = ",".join(DEFAULT_METHODS)
+    seed: int = 0
+    out: str | None = None
+    overwrite: bool = False
+    linearity_only: bool = False
+
+
+def zoo_block(model: nn.Module, path: str) -> Block:
+    """A block of a zoo model; a recurrent layer's block is its output sequence (output=0)."""
+    start, colon, end = path.partition(":")
+    if colon:
+        return Block(model, start, end)
+    module = model.get_submodule(start) if start else model
+    return Block(model, start, output=0 if isinstance(module, nn.RNNBase) else None)
+
+
+def _blocks(options: ArchOptions, model: nn.Module) -> list[Block]:
+    arch = ARCHITECTURES[options.arch]
+    paths = arch.blocks if options.blocks == "all" else [p.strip() for p in options.blocks.split(",")]
+    if not paths or not all(paths):
+        raise fail(
+            "blocks", "'all' or comma-separated module paths", repr(options.blocks), "e.g. encoder.layers.0"
+        )
+    return [zoo_block(model, p) for p in paths]
+
+
+def _trained(options: ArchOptions, console: Console) -> tuple[nn.Module, Any]:
+    arch = ARCHITECTURES[options.arch]
+    data = zoo_data(options.arch, seed=options.seed)
+    model = arch.build(seed=options.seed)
+    epochs = options.epochs or arch.default_epochs
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        progress.add_task(f"training {options.arch}: {epochs} epochs (seed {options.seed})", total=None)
+        train_arch(options.arch, model, data, epochs=epochs, seed=options.seed)
+    model.eval()
+    return model, data
+
+
+def _block_entry(
+    options: ArchOptions, model: nn.Module, block: Block, train: Any, test: Any
+) -> dict[str, Any]:
+    # 512 sampled inputs bound the mean Jacobian's cost: one backward pass per output coordinate
+    kept = {"seed": options.seed, "max_inputs": MAX_INPUTS, "show_progress": False}
+    train_col = collect(model, block, train, options.direction, "ce", **kept)  # type: ignore[arg-type]
+    test_col = collect(model, block, test, options.direction, "ce", **kept)  # type: ignore[arg-type]
+    entry: dict[str, Any] = {"block": block.label, "modules": block.names, "positions": train_col.positions}
+    if train_col.forward is not None and test_col.forward is not None:
+        try:
+            entry["linearity"] = linearity_score(train_col.forward, test_col.forward).as_dict()
+        except BacklensError as error:
+            entry["linearity_note"] = error.expected
+    if options.linearity_only:
+        return entry
+    methods = parse_methods(options.methods)
+    fits = fit_all(block, train_col, methods, options.direction)
+    rows = compare(
+        model,
+        block,
+        train,
+        test,
+        methods,
+        options.direction,
+        "ce",
+        train=train_col,
+        test=test_col,
+        fitted=fits,
+        show_progress=False,
+    )
+    entry["rows"] = [r.to_dict() for r in rows]
+    entry["spectra"] = {
+        f"{m}/{d}": torch.linalg.svdvals(lm.matrix.double()).tolist() for (m, d), lm in fits.maps.items()
+    }
+    return entry
+
+
+def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, Any]:
+    """Train the architecture, then score every block: tables, and into options.out results.json
+    and plots (the linearity profile over depth among them)."""
+    from .abstract_report import print_run, write_outputs
+    from .linearity_report import plot_linearity, print_linearity
+
+    console = console or Console()
+    check_choice("arch", options.arch, list(ARCHITECTURES))
+    out = _check_out(options)
+    model, data = _trained(options, console)
+    train, test = loaders(data, batch_size=256, seed=options.seed)
+    metric = {"train": accuracy(model, train), "test": accuracy(model, test), "name": "accuracy"}
+    blocks = [_block_entry(options, model, block, train, test) for block in _blocks(options, model)]
+    run = {
+        "seed": options.seed,
+        "task": data.task,
+        "loss": "ce",
+        "arch": options.arch,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "metric": metric,
+        "blocks": blocks,
+    }
+    results = {"options": asdict(options), "versions": _versions(), "runs": [run]}
+    if not options.linearity_only:
+        print_run(console, run, options)
+    print_linearity(console, run)
+    if out is not None:
+        if options.linearity_only:
+            console.print(f"wrote {write_json(out / 'results.json', results)}")
+        else:
+            write_outputs(console, results, out)
+        console.print(f"wrote {plot_linearity(run, out / 'linearity.png')}")
+    return results
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": version("scikit-learn"),
+    }
+
+
+def _check_out(options: ArchOptions) -> Path | None:
+    if options.out is None:
+        return None
+    out = Path(options.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not options.overwrite)):
+        raise fail(
+            "out",
+            "an empty or new directory",
+            f"{out} holding an earlier run or a file",
+            "pick another directory or pass overwrite=True (--overwrite)",
+        )
+    return out
+
+
+def linearity_table(run: dict[str, Any]) -> Table:
+    """Per block: positions, the linearity score on fitting and held-out data, with and without
+    the residual."""
+    table = Table(
+        title=f"linearity profile ({run.get('arch', 'model')}): 1 − ‖X̃A − Ỹ‖², Razzhigaev et al. 2024"
+    )
+    for column in ("depth", "block", "positions", "fit", "held-out", "fit (−res.)", "held-out (−res.)"):
+        table.add_column(column, justify="left" if column in ("block", "positions") else "right")
+    for depth, block in enumerate(run["blocks"]):
+        s = block.get("linearity") or {}
+        cells = [s.get(k) for k in ("fit", "held_out", "fit_residual", "held_out_residual")]
+        table.add_row(
+            str(depth), block["block"], block["positions"], *("—" if v is None else f"{v:.3f}" for v in cells)
+        )
+    return table
