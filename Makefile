@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.backlens-installed
 
-.PHONY: setup demo test bench lint readme clean
+.PHONY: setup demo test test-all bench lint readme clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/backlens demo --out results/demo
 
+# The suite without the `slow` tests (minutes, not tens of minutes); test-all runs them too.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

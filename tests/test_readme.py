@@ -12,6 +12,14 @@ README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
+def _figures_tool():  # tools/ is not a package: load the script by path
+    spec = importlib.util.spec_from_file_location("readme_figures", ROOT / "tools" / "readme_figures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_readme_has_python_blocks() -> None:
     assert len(BLOCKS) >= 3  # "In Python", streamed statistics, "Blocks in Python"
 
@@ -23,20 +31,19 @@ def test_readme_python_block_runs(index: int, tmp_path: Path, monkeypatch: pytes
     exec(code, {"__name__": f"readme_block_{index}"})
 
 
-def _figures_tool():  # tools/ is not a package: load the script by path
-    spec = importlib.util.spec_from_file_location("readme_figures", ROOT / "tools" / "readme_figures.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_readme_figures_are_what_the_code_prints_now() -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in _figures_tool().SLOW else n
+        for n in _figures_tool().FIGURES
+    ],
+)
+def test_readme_figures_are_what_the_code_prints_now(name: str) -> None:
     tool = _figures_tool()
     current = README.read_text(encoding="utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the run's own warnings are not the point here
-        fresh = tool.render(current)
+        fresh = tool.render(current, (name,))
     assert fresh == current, "README's figures are stale: run `make readme`"
 
 
@@ -46,4 +53,4 @@ def test_the_figure_check_can_fail() -> None:
     assert tool._pattern("digits").search(stale) and stale != README.read_text(encoding="utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert tool.render(stale) != stale
+        assert tool.render(stale, ("digits",)) != stale

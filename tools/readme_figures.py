@@ -31,16 +31,36 @@ def digits_run() -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).strip()
 
 
-FIGURES: dict[str, Callable[[], str]] = {"digits": digits_run}
+def transformer_run() -> str:
+    """`backlens abstract --arch transformer --out docs/transformer`: the table, and the linearity
+    profile plot that README shows (docs/transformer/linearity.png)."""
+    import shutil
+
+    from backlens.workflows.arch_run import ArchOptions, run_arch
+
+    out = README.parent / "docs" / "transformer"
+    shutil.rmtree(out, ignore_errors=True)
+    console = Console(file=io.StringIO(), width=130, record=True, color_system=None)
+    run_arch(ArchOptions(arch="transformer", out=str(out)), console)
+    for name in ("results.json", "heldout_error.png", "spectra.png"):  # README shows the profile only
+        (out / name).unlink()
+    lines = [line.rstrip() for line in console.export_text().splitlines() if not line.startswith("wrote ")]
+    return "\n".join(lines).strip()
+
+
+FIGURES: dict[str, Callable[[], str]] = {"digits": digits_run, "transformer": transformer_run}
+SLOW = ("transformer",)  # checked by the slow test only (≈ 30 s)
 
 
 def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- figure:{name} -->\n```\n)(.*?)(\n```\n<!-- /figure:{name} -->)", re.S)
 
 
-def render(readme: str) -> str:
-    """README with every figure regenerated."""
+def render(readme: str, names: tuple[str, ...] | None = None) -> str:
+    """README with every figure (or those named) regenerated."""
     for name, make in FIGURES.items():
+        if names is not None and name not in names:
+            continue
         pattern = _pattern(name)
         if not pattern.search(readme):
             raise SystemExit(f"README has no figure {name!r} (markers <!-- figure:{name} -->)")

@@ -47,6 +47,7 @@ FLAGS = {
     "model": "--model",
     "repeat": "--repeat",
     "overwrite": "--overwrite",
+    "arch": "--arch",
 }
 
 

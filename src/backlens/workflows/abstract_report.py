@@ -67,11 +67,11 @@ def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
             "‖Mb−Mfᵀ‖",
         ):
             table.add_column(column, justify="left" if column in ("method", "dir") else "right")
-        notes = []
+        notes: dict[tuple[str, str], list[str]] = {}  # (method, reason) -> directions
         for r in block["rows"]:
             short = "fwd" if r["direction"] == "forward" else "bwd"
             if r["note"]:
-                notes.append(f"  {r['method']} ({short}) n/a: {r['note']}")
+                notes.setdefault((r["method"], r["note"]), []).append(short)
                 continue
             labels = {"accuracy": "acc", "mse": "mse", "grad cosine": "cos"}
             in_use = "—" if r["in_use"] is None else f"{labels[r['in_use_metric']]} {r['in_use']:.3f}"
@@ -88,8 +88,8 @@ def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
                 _num(r["consistency"], 2),
             )
         console.print(table)
-        for note in sorted(set(notes)):
-            console.print(note)
+        for (method, reason), directions in notes.items():
+            console.print(f"  {method} ({', '.join(directions)}) n/a: {reason}")
         for direction in ("forward", "backward"):
             if any(r["direction"] == direction for r in block["rows"]):
                 console.print("  verdict — " + verdict(block["rows"], direction))
