@@ -76,7 +76,5 @@ def test_backward_cosine_none_without_parameters_below() -> None:
 def test_task_metrics_against_hand_counts() -> None:
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.7], [-3.0, 1.0]])
     assert accuracy(logits, torch.tensor([0, 0, 1])) == pytest.approx(2 / 3)
-    assert binary_accuracy(logits, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(
-        4 / 6
-    )
+    assert binary_accuracy(logits, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(4 / 6)
     assert mean_squared_error(logits, torch.zeros(3, 2)) == pytest.approx(float((logits**2).mean()))

@@ -19,7 +19,9 @@ runner = CliRunner()
 
 def test_resmlp_end_to_end_writes_tables_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    results = run_arch(ArchOptions(arch="resmlp", epochs=2, out=str(out), methods="ridge,mean-jacobian,identity"))
+    results = run_arch(
+        ArchOptions(arch="resmlp", epochs=2, out=str(out), methods="ridge,mean-jacobian,identity")
+    )
     names = {p.name for p in out.iterdir()}
     assert {"results.json", "heldout_error.png", "spectra.png", "linearity.png"} <= names
     blocks = json.loads((out / "results.json").read_text())["runs"][0]["blocks"]

@@ -74,6 +74,18 @@ def block_function(
     return f, info
 
 
+def _check_span_ran(block: Block, call: Crossing | None) -> None:
+    """A span's function is its Sequential's slice only if the model runs that Sequential: seen on
+    a recorded forward (collect's `call`), or given when the Sequential is the model itself."""
+    if block.is_span and call is None and block.container is not block.model:
+        raise fail(
+            "call",
+            f"the recorded call of span {block.label} (Collection.call, from collect)",
+            "None",
+            "collect the block first: the recorded forward shows its Sequential runs it",
+        )
+
+
 def _check_inputs(X_in: Any) -> torch.Tensor:
     if not isinstance(X_in, torch.Tensor) or not X_in.is_floating_point() or X_in.ndim < 2 or len(X_in) == 0:
         raise fail(
@@ -152,6 +164,7 @@ def mean_jacobian_parts(
     block: Block, X_in: torch.Tensor, positions: str | None = None, call: Crossing | None = None
 ) -> JacobianParts:
     """J̄ of a Block over the samples X_in, with E[x] and E[y] per row (both directions' maps)."""
+    _check_span_ran(block, call)
     X = _check_inputs(X_in)
     positions = positions or ("shared" if X.ndim <= 3 else "flat")
     check_choice("positions", positions, POSITIONS)
@@ -209,20 +222,22 @@ def _chain_rows(block: Block, X_in: torch.Tensor, method: str) -> torch.Tensor:
     return to_rows(X, "shared")
 
 
-def expected_mask(target: Any, X_in: torch.Tensor, direction: str) -> LinearMap:
+def expected_mask(target: Any, X_in: torch.Tensor, direction: str, call: Crossing | None = None) -> LinearMap:
     """W_L·diag(E[σ'(z_{L−1})])·…·W_1 of a Block that is a chain (else BacklensError), a module or
     a list of layers, over X_in: the backward map, or its transpose."""
     if not isinstance(target, Block):
         return core.expected_mask(target, X_in, direction)
+    _check_span_ran(target, call)
     lm = core.expected_mask(target.layers(), _chain_rows(target, X_in, "expected-mask"), direction)
     lm.info.update(positions="shared")
     return lm
 
 
-def weights_only(target: Any, direction: str) -> LinearMap:
+def weights_only(target: Any, direction: str, call: Crossing | None = None) -> LinearMap:
     """The chain without its activations, for a Block that is a chain, a module or a list of layers."""
     if not isinstance(target, Block):
         return core.weights_only(target, direction)
+    _check_span_ran(target, call)
     why = target.not_a_chain()
     if why is not None:
         raise fail(

@@ -16,16 +16,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..byhand.chain import NotAChain, chain_leaves, read_chain
+from ..byhand.chain import NotAChain, chain_leaves, is_plain_sequential, read_chain
 from ..errors import check_module, check_positive_int, fail
 from ..torch_private import child_modules
 
 __all__ = ["Block", "is_plain_sequential"]
-
-
-def is_plain_sequential(module: nn.Module) -> bool:
-    """An nn.Sequential whose forward is Sequential's own: it runs its children in order."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _units(prefix: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -132,6 +127,15 @@ class Block:
         if first is None or last is None or first > last:
             return []
         return units[first : last + 1]
+
+    @property
+    def container(self) -> nn.Module | None:
+        """For a span, the plain Sequential that runs it (the model itself for top-level spans)."""
+        if not self.is_span:
+            return None
+        assert self.end is not None
+        path = _common_container(self.start, self.end)
+        return self.model.get_submodule(path) if path else self.model
 
     @property
     def is_span(self) -> bool:

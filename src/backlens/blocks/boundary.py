@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import describe, fail
 from .block import Block
 
-__all__ = ["Crossing", "Boundaries", "boundaries"]
+__all__ = ["Crossing", "Boundaries", "boundaries", "buffers_kept", "same_randomness"]
 
 Swap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (block input, block output) -> output
 
@@ -91,8 +91,12 @@ def _check_input(block: Block, value: Any) -> torch.Tensor:
 
 
 @contextmanager
-def boundaries(block: Block, alias_input: bool = False, swap: Swap | None = None) -> Iterator[Boundaries]:
-    """Within the body, every call of the block is recorded; `swap` replaces its output."""
+def boundaries(
+    block: Block, alias_input: bool = False, swap: Swap | None = None, copies: bool = True
+) -> Iterator[Boundaries]:
+    """Within the body, every call of the block is recorded; `swap` replaces its output.
+
+    copies=False records the very tensors the model passes (to follow gradients from them)."""
     seen = Boundaries(block)
 
     def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -101,10 +105,22 @@ def boundaries(block: Block, alias_input: bool = False, swap: Swap | None = None
                 "block", "a block whose entry takes its input positionally", block.label, "pick another block"
             )
         x = _check_input(block, args[0])
-        if alias_input:
-            x = x.detach().requires_grad_(True)
-        seen.calls.append(Crossing(x, args[1:], dict(kwargs)))
-        return ((x, *args[1:]), kwargs) if alias_input else None
+        if block.is_span and depth[0] == 0:
+            raise fail(
+                "block",
+                "a span that its Sequential runs (the model calls the Sequential, not its modules)",
+                f"{block.label}: the model calls {block.start!r} itself, outside its Sequential",
+                "use single modules as blocks, or the module whose forward does the calling",
+            )
+        if swap is not None or not copies:  # the real input, so gradients reach what lies below
+            seen.calls.append(Crossing(x, args[1:], dict(kwargs)))
+            return None
+        # Recorded: a copy the block cannot change (an in-place entry, ReLU(inplace=True), would
+        # rewrite the input it was given); with alias_input, a leaf that only the block sees,
+        # handed over as a copy so an in-place entry writes into that copy, not into the leaf.
+        leaf = x.detach().clone().requires_grad_(alias_input)
+        seen.calls.append(Crossing(leaf, args[1:], dict(kwargs)))
+        return ((leaf.clone(), *args[1:]), kwargs) if alias_input else None
 
     def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if not seen.calls or seen.calls[-1].output is not None:
@@ -117,13 +133,31 @@ def boundaries(block: Block, alias_input: bool = False, swap: Swap | None = None
         tensor, rebuild = _output_tensor(block, output)
         crossing = seen.calls[-1]
         crossing.output = tensor
-        if swap is None:
+        if swap is None and not copies:
             return None
+        if swap is None:
+            # The model goes on with a copy, so what is recorded (and differentiated) is the
+            # block's output itself, whatever a later in-place op does to the copy.
+            return rebuild(tensor.clone())
         new = swap(crossing.input, tensor)
         crossing.output = new
         return rebuild(new)
 
-    handles = [
+    depth = [0]  # calls of the span's Sequential in progress
+
+    def into(module: nn.Module, args: tuple[Any, ...]) -> None:
+        depth[0] += 1
+
+    def out_of(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        depth[0] -= 1
+
+    handles = []
+    if block.container is not None:
+        handles += [
+            block.container.register_forward_pre_hook(into),
+            block.container.register_forward_hook(out_of),
+        ]
+    handles += [
         block.entry.register_forward_pre_hook(enter, with_kwargs=True),
         block.exit.register_forward_hook(leave),
     ]
@@ -132,3 +166,27 @@ def boundaries(block: Block, alias_input: bool = False, swap: Swap | None = None
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Measuring must not change the model: its buffers (BatchNorm's running statistics, which a
+    forward pass in training mode updates) are put back as they were on exit."""
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in saved:
+                    b.copy_(saved[name])
+
+
+@contextmanager
+def same_randomness(seed: int = 0) -> Iterator[None]:
+    """A private random stream from `seed`: passes run in it draw the same Dropout masks, and the
+    caller's own random state is left as it was."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -21,7 +21,7 @@ from ..byhand.losses import torch_loss
 from ..errors import check_choice, check_module, fail
 from ..linear.moments import Moments
 from .block import Block
-from .boundary import Crossing, boundaries
+from .boundary import Crossing, boundaries, buffers_kept
 from .positions import POSITIONS, check_shared, default_positions, to_rows
 
 __all__ = ["collect", "Collection", "Reservoir", "Step", "DIRECTIONS"]
@@ -232,17 +232,23 @@ def collect(
 def _crossing(
     model: nn.Module, block: Block, batch: Any, run: Step, backward: bool
 ) -> tuple[Crossing, tuple[torch.Tensor, torch.Tensor] | None]:
-    """One batch: what crossed the block, and (grad at its input, grad at its output) if asked."""
-    with boundaries(block, alias_input=backward) as seen:
-        if backward:
-            with torch.enable_grad():
-                value = run(model, batch)
-        else:
-            with torch.no_grad():
-                run(model, batch)
-    crossing = seen.take()
-    if not backward:
-        return crossing, None
+    """One batch: what crossed the block, and (grad at its input, grad at its output) if asked.
+    The model's buffers are put back only after the backward, which may still need them."""
+    with buffers_kept(model):
+        with boundaries(block, alias_input=backward) as seen:
+            if backward:
+                with torch.enable_grad():
+                    value = run(model, batch)
+            else:
+                with torch.no_grad():
+                    run(model, batch)
+        crossing = seen.take()
+        if not backward:
+            return crossing, None
+        return crossing, _gradients(block, crossing, value)
+
+
+def _gradients(block: Block, crossing: Crossing, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
     assert crossing.output is not None
     if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.requires_grad:
         raise fail(
@@ -260,4 +266,4 @@ def _crossing(
             "pick a block on the path to the loss (or output=k for the element the model uses)",
         )
     g_in = torch.zeros_like(crossing.input) if g_in is None else g_in
-    return crossing, (g_in.detach(), g_out.detach())
+    return g_in.detach(), g_out.detach()

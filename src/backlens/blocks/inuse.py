@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import fail
 from ..linear.linear_map import LinearMap
 from .block import Block
-from .boundary import boundaries
+from .boundary import boundaries, buffers_kept, same_randomness
 from .positions import POSITIONS, from_rows, to_rows
 
 __all__ = ["replaced", "swap_backward", "forward_metric", "backward_cosine", "map_positions"]
@@ -60,7 +60,7 @@ class _LinearBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, y: torch.Tensor, x: torch.Tensor, backward: Callable) -> torch.Tensor:  # type: ignore[override]
         ctx.backward_map = backward
-        return y.view_as(y)
+        return y.clone()  # a new tensor: an in-place op after the block must not reach y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
@@ -155,8 +155,10 @@ def forward_metric(
         )
     model = block.model
     total, count = 0.0, 0
-    for batch in loader:
-        with replaced(model, block, lm, positions=positions) if lm is not None else _nothing():
+    for index, batch in enumerate(loader):
+        # the intact model and every map see the same Dropout masks; BatchNorm's statistics stay
+        swapped = replaced(model, block, lm, positions=positions) if lm is not None else _nothing()
+        with same_randomness(index), buffers_kept(model), swapped:
             if step is not None:
                 value = float(step(model, batch))
             else:
@@ -178,7 +180,7 @@ def _below(
     """The parameters upstream of the block's input (those whose gradient passes through or
     around the block) and their true gradients for this batch."""
     params = [p for p in model.parameters() if p.requires_grad]
-    with boundaries(block) as seen:
+    with boundaries(block, copies=False) as seen:
         value = run(model, batch)
     x = seen.take().input
     if not x.requires_grad:
@@ -232,12 +234,16 @@ def backward_cosine(
     run = step or (lambda model, batch: loss_fn(model(batch[0]), batch[1]))  # type: ignore[misc]
     model = block.model
     cosines = []
-    for batch in loader:
-        with torch.enable_grad():
-            below, true = _below(model, block, run, batch)
+    for index, batch in enumerate(loader):
+        with torch.enable_grad(), buffers_kept(model):
+            with same_randomness(index):  # both passes draw the same Dropout masks
+                below, true = _below(model, block, run, batch)
             if not below:
                 return None
-            with replaced(model, block, lm, direction="backward", positions=positions):
+            with (
+                same_randomness(index),
+                replaced(model, block, lm, direction="backward", positions=positions),
+            ):
                 value = run(model, batch)
             approx: list[torch.Tensor | None] = list(torch.autograd.grad(value, below, allow_unused=True))
         cosines.append(_cosine(true, approx))

@@ -129,9 +129,9 @@ def _identity(
 METHODS: dict[str, Fit] = {
     names.RIDGE: _ridge,
     names.REDUCED_RANK: _reduced_rank,
-    names.EXPECTED_MASK: _chain_only(lambda b, c, d: expected_mask(b, c.inputs, d)),
+    names.EXPECTED_MASK: _chain_only(lambda b, c, d: expected_mask(b, c.inputs, d, c.call)),
     names.MEAN_JACOBIAN: _mean_jacobian,
-    names.WEIGHTS_ONLY: _chain_only(lambda b, c, d: weights_only(b, d)),
+    names.WEIGHTS_ONLY: _chain_only(lambda b, c, d: weights_only(b, d, c.call)),
     names.IDENTITY: _identity,
 }
 # How each is written where a choice is made (the CLI's help is built from this).

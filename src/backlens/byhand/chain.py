@@ -29,6 +29,7 @@ __all__ = [
     "Chain",
     "NotAChain",
     "chain_leaves",
+    "is_plain_sequential",
     "read_chain",
     "parse_chain",
 ]
@@ -143,6 +144,12 @@ class NotAChain:
         return "pass consecutive layers of one block"
 
 
+def is_plain_sequential(module: nn.Module) -> bool:
+    """An nn.Sequential whose forward is Sequential's own: it runs its children in order, and
+    nothing else (a subclass with its own forward may add a skip connection)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def chain_leaves(layers: Any) -> list[tuple[str, nn.Module]]:
     """(name, module) leaves in execution order: a Sequential (nested Sequentials opened, names as
     in `named_modules()`, "0.1"), or a ModuleList/list/tuple of modules (names are positions).
@@ -156,12 +163,12 @@ def chain_leaves(layers: Any) -> list[tuple[str, nn.Module]]:
         for key, item in items:
             leaves += [(f"{key}.{n}" if n else str(key), m) for n, m in chain_leaves(item)]
         return leaves
-    if isinstance(layers, nn.Sequential):
+    if is_plain_sequential(layers):
         return [
             (f"{key}.{n}" if n else key, m)
             for key, child in child_modules(layers).items()
             if child is not None
-            for n, m in (chain_leaves(child) if isinstance(child, nn.Sequential) else [("", child)])
+            for n, m in (chain_leaves(child) if is_plain_sequential(child) else [("", child)])
         ]
     if isinstance(layers, nn.Module):
         return [("", layers)]

@@ -126,7 +126,7 @@ def make_map(
     info: dict[str, Any],
 ) -> LinearMap:
     """The map of a block whose (mean) Jacobian is J (block_out, block_in), in `direction`."""
-    info = {"direction": direction, **info}
+    info = {**info, "direction": direction}  # the direction asked for, whatever info held
     if direction == "backward":
         return LinearMap(J.clone(), None, method, info)
     bias = None if mean_x is None or mean_y is None else mean_y - mean_x @ J.T
@@ -138,23 +138,13 @@ def expected_mask(layers: Any, X_in: torch.Tensor, direction: str) -> LinearMap:
     check_choice("direction", direction, DIRECTIONS)
     X = _inputs(X_in, _first_width(layers))
     ops = _parse(layers, X.shape[1])
-    sums: dict[int, torch.Tensor] = {}
-    sum_x = X.double().sum(dim=0)
-    sum_y = torch.zeros(ops.d_out, dtype=torch.float64)
-
-    def add(i: int, s: torch.Tensor) -> None:
-        sums[i] = sums[i] + s.sum(dim=0) if i in sums else s.sum(dim=0)
-
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        sum_y += _forward(ops.steps, X[start : start + CHUNK_ROWS].double(), add).sum(dim=0)
+    J, mean_y = _mean_derivative_product(ops, X)
     n = X.shape[0]
-    means = {i: s / n for i, s in sums.items()}
     count = ops.nonlinearities
     info: dict[str, Any] = {"n": n, "nonlinearities": count, "equals_mean_jacobian": count <= 1}
     if count > 1:
         info["note"] = "more than one nonlinearity: a product of mean derivatives, not the mean Jacobian"
-    J = _product(ops.steps, means, ops.d_in)
-    return make_map(J, direction, sum_x / n, sum_y / n, EXPECTED_MASK, info)
+    return make_map(J, direction, X.double().mean(dim=0), mean_y, EXPECTED_MASK, info)
 
 
 def _transposed(steps: tuple[Op, ...]) -> tuple[Op, ...]:
@@ -179,7 +169,11 @@ def _jacobian_sum(
 
 
 def _closed_form_mean_jacobian(ops: Ops, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E[J(x)], E[f(x)]): per-sample Jacobians from the thinner side, summed in chunks."""
+    """(E[J(x)], E[f(x)]). With at most one nonlinearity J(x) = A·diag(s(x))·B is linear in s, so
+    E[J] = A·diag(E[s])·B (one pass, no per-sample Jacobians); otherwise per-sample Jacobians from
+    the thinner side, summed in chunks."""
+    if ops.nonlinearities <= 1:
+        return _mean_derivative_product(ops, X)
     d_in, d_out = ops.d_in, ops.d_out
     transpose = d_out < d_in  # build Jᵀ from the output side instead
     widest = max([d_in, d_out] + [s.weight.shape[0] for s in ops.steps if isinstance(s, Affine)])
@@ -196,6 +190,21 @@ def _closed_form_mean_jacobian(ops: Ops, X: torch.Tensor) -> tuple[torch.Tensor,
         else:
             total += _jacobian_sum(ops.steps, diags, d_in, len(rows))
     return total / X.shape[0], sum_y / X.shape[0]
+
+
+def _mean_derivative_product(ops: Ops, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_L·diag(E[σ'])·…·W_1, E[f(x)]) in one streamed pass: the mean Jacobian when the chain
+    has at most one nonlinearity (the others' σ' are 1)."""
+    sums: dict[int, torch.Tensor] = {}
+    sum_y = torch.zeros(ops.d_out, dtype=torch.float64)
+
+    def add(i: int, s: torch.Tensor) -> None:
+        sums[i] = sums[i] + s.sum(dim=0) if i in sums else s.sum(dim=0)
+
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        sum_y += _forward(ops.steps, X[start : start + CHUNK_ROWS].double(), add).sum(dim=0)
+    n = X.shape[0]
+    return _product(ops.steps, {i: s / n for i, s in sums.items()}, ops.d_in), sum_y / n
 
 
 def _func_mean_jacobian(
