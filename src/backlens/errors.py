@@ -55,6 +55,11 @@ def describe(value: Any) -> str:
         return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+        parts = ", ".join(
+            f"tensor {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__ for v in value[:6]
+        )
+        return f"{type(value).__name__} of {len(value)}: ({parts})"
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}"
 

@@ -30,7 +30,7 @@ from ..linear.methods import MEAN_JACOBIAN
 from ..torch_private import BatchNormBase
 from .block import Block
 from .boundary import Crossing
-from .positions import POSITIONS, check_shared, feature_axis, to_rows
+from .positions import POSITIONS, check_shared, default_positions, feature_axis, to_rows
 
 __all__ = [
     "mean_jacobian",
@@ -166,7 +166,10 @@ def mean_jacobian_parts(
     """J̄ of a Block over the samples X_in, with E[x] and E[y] per row (both directions' maps)."""
     _check_span_ran(block, call)
     X = _check_inputs(X_in)
-    positions = positions or ("shared" if X.ndim <= 3 else "flat")
+    if positions is None:  # as collect would choose: shared when the block keeps its positions
+        f_probe, _ = block_function(block, call)
+        with torch.no_grad():
+            positions = default_positions(X[:1], f_probe(X[:1]))
     check_choice("positions", positions, POSITIONS)
     if block.is_linear_chain() and (X.ndim == 2 or (X.ndim == 3 and positions == "shared")):
         rows = to_rows(X, "shared")
