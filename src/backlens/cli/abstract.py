@@ -12,16 +12,17 @@ from ..byhand.losses import LOSS_NAMES
 from ..errors import fail
 from ..workflows.abstract import ABSTRACT_METHODS
 from ..workflows.mlp import ACTIVATIONS
+from ..workflows.user_model import is_model_spec
 from ..workflows.zoo import ARCH_NAMES
 from .main import app, console, run_or_exit
 
 
-def _refuse_mlp_flags(given: list[str]) -> None:
+def _refuse_flags(option: str, given: list[str]) -> None:
     raise fail(
-        "--arch",
-        "no MLP options beside it (the architecture brings its own model and data)",
+        option,
+        "no MLP options beside it (it brings its own model)",
         ", ".join(given),
-        "drop those options, or drop --arch",
+        f"drop those options, or drop {option}",
     )
 
 
@@ -52,7 +53,11 @@ def abstract_command(
     seed: Annotated[int, typer.Option(help="Seed of the first run")] = 0,
     out: Annotated[str | None, typer.Option(help="Directory for results.json, maps, model and plots")] = None,
     model: Annotated[
-        str | None, typer.Option(help="A model.safetensors from an earlier run (skips training)")
+        str | None,
+        typer.Option(help="A model.safetensors from an earlier run, or your own: path/to/file.py:build_fn"),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Safetensors weights for --model file.py:build_fn")
     ] = None,
     repeat: Annotated[int, typer.Option(help="Runs with seeds seed..seed+K-1; mean ± std")] = 1,
     overwrite: Annotated[
@@ -62,6 +67,35 @@ def abstract_command(
     """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward."""
     from ..workflows.abstract import AbstractOptions, run_abstract  # its heavy imports: only when run
 
+    if model is not None and is_model_spec(model):
+        user_only: tuple[tuple[str, object, object], ...] = (
+            ("--layers", layers, "64,128,128,10"),
+            ("--activation", activation, "relu"),
+            ("--epochs", epochs, None),
+            ("--repeat", repeat, 1),
+            ("--arch", arch, None),
+        )
+        given = [flag for flag, value, default in user_only if value != default]
+        if given:
+            run_or_exit(_refuse_flags, "--model", given)
+        from ..workflows.arch_run import ArchOptions, run_arch
+
+        user = ArchOptions(
+            model=model,
+            weights=weights,
+            data=data,
+            loss=loss,
+            blocks=blocks,
+            direction=direction,
+            seed=seed,
+            out=out,
+            overwrite=overwrite,
+            methods=methods if methods != ABSTRACT_METHODS else ArchOptions.methods,
+        )
+        run_or_exit(run_arch, user, console=console)
+        return
+    if weights is not None:
+        run_or_exit(_refuse_flags, "--weights", ["--weights without --model file.py:build_fn"])
     if arch is not None:
         # Options that describe the MLP and its data: --arch brings its own, so they must not be set.
         mlp_only = (
@@ -76,7 +110,7 @@ def abstract_command(
         )
         given = [flag for flag, value, default in mlp_only if value != default]
         if given:
-            run_or_exit(_refuse_mlp_flags, given)
+            run_or_exit(_refuse_flags, "--arch", given)
         from ..workflows.arch_run import ArchOptions, run_arch
 
         arch_options = ArchOptions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
 
 import typer
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import BacklensError, BacklensWarning
+from ..workflows.user_model import UserModelError
 
 app = typer.Typer(
     help="See what backpropagation does inside a PyTorch network.",
@@ -48,6 +50,7 @@ FLAGS = {
     "repeat": "--repeat",
     "overwrite": "--overwrite",
     "arch": "--arch",
+    "weights": "--weights",
 }
 
 
@@ -77,6 +80,8 @@ def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return fn(*args, **kwargs)
     except BacklensError as error:
         console.print(f"[red]error:[/red] {escape(error.render(flag_for(error.argument)))}")
+        if isinstance(error, UserModelError) and error.__cause__ is not None:
+            traceback.print_exception(error.__cause__)  # the user's own code failed: show where
         raise typer.Exit(2) from None
     finally:
         warnings.showwarning = original

@@ -1,5 +1,6 @@
-"""`backlens abstract --arch` and `backlens linearity`: a zoo architecture trained on its bundled
-data, then every stand-in method for each of its blocks, and the linearity profile."""
+"""`backlens abstract --arch` / `--model file.py:fn` and `backlens linearity`: a zoo architecture
+trained on its bundled data, or a user's own model on a dataset, then every stand-in method for
+each of its blocks, and the linearity profile."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from ..blocks.methods import DEFAULT_METHODS, parse_methods
 from ..errors import BacklensError, check_choice, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
+from .datasets import load_dataset
+from .train import default_loss, loader, metric_name, split_dataset, task_metric
+from .user_model import load_user_model
 from .zoo import ARCHITECTURES, accuracy, loaders, train_arch, zoo_data
 
 __all__ = ["ArchOptions", "run_arch", "zoo_block", "linearity_table"]
@@ -43,6 +47,10 @@ class ArchOptions:
     out: str | None = None
     overwrite: bool = False
     linearity_only: bool = False
+    model: str | None = None  # 'path/to/file.py:build_fn': a user's model instead of --arch
+    weights: str | None = None  # its safetensors weights
+    data: str = "digits"  # the user model's dataset (datasets.load_dataset)
+    loss: str | None = None
 
 
 def zoo_block(model: nn.Module, path: str) -> Block:
@@ -55,8 +63,13 @@ def zoo_block(model: nn.Module, path: str) -> Block:
 
 
 def _blocks(options: ArchOptions, model: nn.Module) -> list[Block]:
-    arch = ARCHITECTURES[options.arch]
-    paths = arch.blocks if options.blocks == "all" else [p.strip() for p in options.blocks.split(",")]
+    if options.blocks == "all" and options.model is not None:
+        return Block.all(model)
+    paths = (
+        ARCHITECTURES[options.arch].blocks
+        if options.blocks == "all"
+        else [p.strip() for p in options.blocks.split(",")]
+    )
     if not paths or not all(paths):
         raise fail(
             "blocks", "'all' or comma-separated module paths", repr(options.blocks), "e.g. encoder.layers.0"
@@ -77,12 +90,12 @@ def _trained(options: ArchOptions, console: Console) -> tuple[nn.Module, Any]:
 
 
 def _block_entry(
-    options: ArchOptions, model: nn.Module, block: Block, train: Any, test: Any
+    options: ArchOptions, model: nn.Module, block: Block, train: Any, test: Any, loss: str
 ) -> dict[str, Any]:
     # 512 sampled inputs bound the mean Jacobian's cost: one backward pass per output coordinate
     kept = {"seed": options.seed, "max_inputs": MAX_INPUTS, "show_progress": False}
-    train_col = collect(model, block, train, options.direction, "ce", **kept)  # type: ignore[arg-type]
-    test_col = collect(model, block, test, options.direction, "ce", **kept)  # type: ignore[arg-type]
+    train_col = collect(model, block, train, options.direction, loss, **kept)  # type: ignore[arg-type]
+    test_col = collect(model, block, test, options.direction, loss, **kept)  # type: ignore[arg-type]
     entry: dict[str, Any] = {"block": block.label, "modules": block.names, "positions": train_col.positions}
     if train_col.forward is not None and test_col.forward is not None:
         try:
@@ -100,7 +113,7 @@ def _block_entry(
         test,
         methods,
         options.direction,
-        "ce",
+        loss,
         train=train_col,
         test=test_col,
         fitted=fits,
@@ -120,22 +133,12 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
     from .linearity_report import plot_linearity, print_linearity
 
     console = console or Console()
-    check_choice("arch", options.arch, list(ARCHITECTURES))
     out = _check_out(options)
-    model, data = _trained(options, console)
-    train, test = loaders(data, batch_size=256, seed=options.seed)
-    metric = {"train": accuracy(model, train), "test": accuracy(model, test), "name": "accuracy"}
-    blocks = [_block_entry(options, model, block, train, test) for block in _blocks(options, model)]
-    run = {
-        "seed": options.seed,
-        "task": data.task,
-        "loss": "ce",
-        "arch": options.arch,
-        "n_train": len(data.train),
-        "n_test": len(data.test),
-        "metric": metric,
-        "blocks": blocks,
-    }
+    run = _user_run(options) if options.model is not None else _arch_run(options, console)
+    model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
+    run["blocks"] = [
+        _block_entry(options, model, b, train, test, run["loss"]) for b in _blocks(options, model)
+    ]
     results = {"options": asdict(options), "versions": _versions(), "runs": [run]}
     if not options.linearity_only:
         print_run(console, run, options)
@@ -147,6 +150,61 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
             write_outputs(console, results, out)
         console.print(f"wrote {plot_linearity(run, out / 'linearity.png')}")
     return results
+
+
+def _arch_run(options: ArchOptions, console: Console) -> dict[str, Any]:
+    check_choice("arch", options.arch, list(ARCHITECTURES))
+    model, data = _trained(options, console)
+    train, test = loaders(data, batch_size=256, seed=options.seed)
+    metric = {"train": accuracy(model, train), "test": accuracy(model, test), "name": "accuracy"}
+    return {
+        "seed": options.seed,
+        "task": data.task,
+        "loss": "ce",
+        "arch": options.arch,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "metric": metric,
+        "model": model,
+        "train_loader": train,
+        "test_loader": test,
+    }
+
+
+def _user_run(options: ArchOptions) -> dict[str, Any]:
+    """A user's model as built (no training), on a dataset split as abstract splits it."""
+    assert options.model is not None
+    model = load_user_model(options.model, options.weights)
+    data = load_dataset(options.data, seed=options.seed)
+    try:
+        with torch.no_grad():
+            model(data.x[:2])
+    except RuntimeError as error:  # before any work: the model does not take these inputs
+        raise fail(
+            "model",
+            f"a model that takes {data.name}'s inputs {tuple(data.x.shape[1:])}",
+            str(error).splitlines()[0],
+            "pass --data that fits the model",
+        ) from None
+    loss = options.loss or default_loss(data)
+    split = split_dataset(data, seed=options.seed)
+    metric = {
+        "train": task_metric(model, split.train, loss),
+        "test": task_metric(model, split.test, loss),
+        "name": metric_name(data, loss),
+    }
+    return {
+        "seed": options.seed,
+        "task": data.task,
+        "loss": loss,
+        "arch": options.model,
+        "n_train": len(split.train.x),
+        "n_test": len(split.test.x),
+        "metric": metric,
+        "model": model,
+        "train_loader": loader(split.train, 256),
+        "test_loader": loader(split.test, 256),
+    }
 
 
 def _versions() -> dict[str, str]:
