@@ -15,7 +15,13 @@ from .linear.analytic import identity
 from .linear.linear_map import LinearMap
 from .linear.linearity import LinearityScore, LinearityUndefinedWarning, linearity_score
 from .linear.moments import Moments
-from .linear.ridge import AlphaAtGridEdgeWarning, SingularSystemWarning, reduced_rank, ridge
+from .linear.ridge import (
+    AlphaAtGridEdgeWarning,
+    EffectiveSamplesWarning,
+    SingularSystemWarning,
+    reduced_rank,
+    ridge,
+)
 from .linear.scores import Score, score
 from .recording.files import load_record, save_record
 from .recording.tracing import Call, ModuleRecord, Trace, trace
@@ -40,6 +46,7 @@ __all__ = [
     "BacklensWarning",
     "AlphaAtGridEdgeWarning",
     "SingularSystemWarning",
+    "EffectiveSamplesWarning",
     "LinearityUndefinedWarning",
     # the record
     "trace",

@@ -2,7 +2,12 @@
 
 Forward pairs: (activation entering the block, activation leaving it). Backward pairs:
 (gradient at the block's output, gradient at its input through the block alone), so
-grad_in ≈ grad_out·M. Activations become rows as `positions` says (`blocks.positions`):
+grad_in ≈ grad_out·M. Probe pairs (`probes=K`): K seeded isotropic Gaussian cotangents v per
+input at the block's output and v·J(x) through the block's own vector–Jacobian product, on the
+recorded forward; a map fitted on them estimates E[J], whatever the loss's gradients look like.
+Direction-weighted pairs (`weighting="direction"`): the backward pairs each scaled by
+1/‖grad_out‖ (rows with a zero grad_out dropped), so every row counts once, not by its energy.
+Activations become rows as `positions` says (`blocks.positions`):
 one row per token or pixel ("shared"), or one per sample ("flat").
 """
 
@@ -18,15 +23,17 @@ from rich.progress import Progress
 from torch import nn
 
 from ..byhand.losses import torch_loss
-from ..errors import check_choice, check_module, fail
+from ..errors import check_choice, check_module, check_positive_int, fail
 from ..linear.moments import Moments
 from .block import Block
 from .boundary import Crossing, boundaries, buffers_kept
 from .positions import POSITIONS, check_shared, default_positions, to_rows
 
-__all__ = ["collect", "Collection", "Reservoir", "Step", "DIRECTIONS"]
+__all__ = ["collect", "Collection", "Reservoir", "Step", "DIRECTIONS", "WEIGHTINGS", "PROBE_SEED_OFFSET"]
 
 DIRECTIONS = ("forward", "backward", "both")  # what collect gathers; "both" is the default
+WEIGHTINGS = ("direction",)  # weighting= for the backward pairs, besides None
+PROBE_SEED_OFFSET = 7919  # the probes' generator is seeded with seed + this
 Step = Callable[[nn.Module, Any], torch.Tensor]  # step(model, batch) -> loss: one batch, any model
 
 
@@ -85,6 +92,9 @@ class Collection:
     cache: dict[str, Any] = field(
         default_factory=dict, repr=False, compare=False
     )  # fits shared by directions
+    probe: Moments | None = None  # (v, v·J) pairs of `probes` cotangents per input, as backward
+    weighted: Moments | None = None  # backward pairs scaled by 1/‖grad_out‖ (weighting="direction")
+    probes: int = 0
 
     @property
     def in_width(self) -> int:
@@ -122,6 +132,18 @@ class _Streams:
             self.widths[direction] = (X.shape[1], Y.shape[1])
         self.moments[direction].update(X, Y)
         self.samples[direction].add(X, Y)
+
+    def add_weighted(self, g_out: torch.Tensor, g_in: torch.Tensor) -> None:
+        """Backward pairs scaled by 1/‖g_out‖ row by row; rows with g_out = 0 carry nothing."""
+        assert self.positions is not None
+        X, Y = to_rows(g_out, self.positions), to_rows(g_in, self.positions)
+        norms = torch.linalg.vector_norm(X.double(), dim=1)
+        keep = norms > 0
+        scale = (1.0 / norms[keep])[:, None]
+        X, Y = X[keep].double() * scale, Y[keep].double() * scale
+        if "weighted" not in self.moments:
+            self.moments["weighted"] = Moments(X.shape[1], Y.shape[1])
+        self.moments["weighted"].update(X, Y)
 
     def first(self, block: Block, crossing: Crossing, a_in: torch.Tensor, a_out: torch.Tensor) -> None:
         """Settle positions and shapes on the first batch."""
@@ -174,6 +196,8 @@ def collect(
     show_progress: bool = True,
     step: Step | None = None,
     positions: str | None = None,
+    probes: int = 0,
+    weighting: str | None = None,
 ) -> Collection:
     """Run `model` over `loader` and stream `block`'s boundary pairs into float64 Moments.
 
@@ -183,25 +207,41 @@ def collect(
     torch.autograd.grad, so the gradients are those one training step would see, while the
     model's parameters and their .grad stay untouched. `positions`: "shared" or "flat"
     (default: shared when the block keeps its positions; `Collection.positions` says which).
-    Memory is O(features²) whatever the data size.
+    `probes=K` also streams K probe pairs per input into `Collection.probe`: v ~ N(0, I) at the
+    block's output (a generator seeded with seed + PROBE_SEED_OFFSET) and v·J(x) through the
+    block's real vector–Jacobian product, taken on the recorded forward before the loss's
+    backward. `weighting="direction"` also streams the backward pairs scaled by 1/‖grad_out‖
+    into `Collection.weighted`. Memory is O(features²) whatever the data size.
     """
     _check_block(model, block)
     check_choice("direction", direction, DIRECTIONS)
     if positions is not None:
         check_choice("positions", positions, POSITIONS)
+    if probes != 0:
+        check_positive_int("probes", probes)
+    if weighting is not None:
+        check_choice("weighting", weighting, WEIGHTINGS)
     run = step or _loss_step(loss)
     wanted = ["forward", "backward"] if direction == "both" else [direction]
+    if weighting is not None and "backward" not in wanted:
+        raise fail(
+            "weighting",
+            "None unless backward pairs are collected",
+            f"weighting={weighting!r} with direction={direction!r}",
+            "collect with direction='backward' or 'both'",
+        )
     streams = _Streams(
         Reservoir(max_inputs, seed),
-        {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate(DIRECTIONS[:2])},
+        {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate((*DIRECTIONS[:2], "probe"))},
         positions,
     )
+    draws = torch.Generator().manual_seed(seed + PROBE_SEED_OFFSET)
     total = len(loader) if isinstance(loader, Sized) else None
     # A bar only on a terminal: in logs and pipes it would leave blank lines.
     with Progress(transient=True, disable=not show_progress or not Console().is_terminal) as progress:
         task = progress.add_task(f"collecting {block.label}", total=total)
         for batch in loader:
-            crossing, grads = _crossing(model, block, batch, run, "backward" in wanted)
+            crossing, grads, probed = _crossing(model, block, batch, run, "backward" in wanted, probes, draws)
             a_in, a_out = crossing.input.detach(), crossing.output.detach()  # type: ignore[union-attr]
             if streams.call is None:
                 streams.first(block, crossing, a_in, a_out)
@@ -209,6 +249,10 @@ def collect(
                 streams.add("forward", a_in, a_out)
             if grads is not None:
                 streams.add("backward", grads[1], grads[0])
+                if weighting is not None:
+                    streams.add_weighted(grads[1], grads[0])
+            for v, vJ in probed:
+                streams.add("probe", v, vJ)
             streams.inputs.add(a_in)
             streams.n_samples += len(a_in)
             progress.advance(task)
@@ -226,26 +270,60 @@ def collect(
         streams.positions,
         *streams.shapes,
         streams.call,
+        probe=streams.moments.get("probe"),
+        weighted=streams.moments.get("weighted"),
+        probes=probes,
     )
 
 
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 def _crossing(
-    model: nn.Module, block: Block, batch: Any, run: Step, backward: bool
-) -> tuple[Crossing, tuple[torch.Tensor, torch.Tensor] | None]:
-    """One batch: what crossed the block, and (grad at its input, grad at its output) if asked.
+    model: nn.Module,
+    block: Block,
+    batch: Any,
+    run: Step,
+    backward: bool,
+    probes: int = 0,
+    draws: torch.Generator | None = None,
+) -> tuple[Crossing, tuple[torch.Tensor, torch.Tensor] | None, Pairs]:
+    """One batch: what crossed the block, (grad at its input, grad at its output) if asked, and
+    `probes` (v, v·J) pairs through the block's own VJP on the same recorded forward (taken first,
+    keeping the graph, so the loss's backward still finds it).
     The model's buffers are put back only after the backward, which may still need them."""
+    graph = backward or probes > 0
     with buffers_kept(model):
-        with boundaries(block, alias_input=backward) as seen:
-            if backward:
+        with boundaries(block, alias_input=graph) as seen:
+            if graph:
                 with torch.enable_grad():
                     value = run(model, batch)
             else:
                 with torch.no_grad():
                     run(model, batch)
         crossing = seen.take()
+        probed = _probes(crossing, probes, draws) if probes > 0 else []
         if not backward:
-            return crossing, None
-        return crossing, _gradients(block, crossing, value)
+            return crossing, None, probed
+        return crossing, _gradients(block, crossing, value), probed
+
+
+def _probes(crossing: Crossing, probes: int, draws: torch.Generator | None) -> Pairs:
+    """`probes` pairs (v, v·J(x)): v ~ N(0, I) shaped like the block's output, drawn on the CPU
+    from `draws` (the same numbers on any device), and v·J by torch.autograd.grad through the
+    block alone (its input is the alias leaf)."""
+    out, leaf = crossing.output, crossing.input
+    assert out is not None
+    pairs = []
+    for _ in range(probes):
+        v = torch.randn(out.shape, generator=draws, dtype=torch.float64).to(out.device, out.dtype)
+        if not out.requires_grad:
+            vJ = torch.zeros_like(leaf)
+        else:
+            (vJ,) = torch.autograd.grad(out, [leaf], grad_outputs=v, retain_graph=True, allow_unused=True)
+            vJ = torch.zeros_like(leaf) if vJ is None else vJ
+        pairs.append((v.detach(), vJ.detach()))
+    return pairs
 
 
 def _gradients(block: Block, crossing: Crossing, value: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,13 @@ from torch import nn
 
 from ..byhand.losses import Loss, get_loss
 from ..errors import check_choice
+from ..linear import methods as names
 from ..linear.linear_map import LinearMap
 from ..linear.scores import score
 from . import inuse
 from .block import Block
 from .collect import DIRECTIONS, Collection, Step, collect
-from .methods import DEFAULT_METHODS, Method, NotApplicable, fit_or_explain, parse_methods
+from .methods import DEFAULT_METHODS, PROBES, Method, NotApplicable, fit_or_explain, parse_methods
 
 __all__ = ["compare", "CompareRow", "Fits", "fit_all"]
 
@@ -36,6 +37,8 @@ class CompareRow:
     in_use: float | None = None
     in_use_metric: str = ""
     consistency: float | None = None
+    n: int | None = None  # rows the map was fitted on (None for maps not fitted on pairs)
+    n_eff: float | None = None  # their effective sample size, (Σ‖x‖²)²/Σ‖x‖⁴ (Moments.n_eff)
     note: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +130,8 @@ def _method_row(
     row.test_rel_error, row.test_r2, row.test_cosine = _scores(lm, test, direction)
     row.train_rel_error, row.train_r2, row.train_cosine = _scores(lm, train, direction)
     row.info = {k: v for k, v in lm.info.items() if isinstance(v, (int, float, str, type(None)))}
+    if "n_eff" in lm.info:  # fitted on pairs (ridge and its kind): how many, and how many in effect
+        row.n, row.n_eff = lm.info.get("n"), lm.info["n_eff"]
     try:
         if direction == "forward":
             row.in_use, row.in_use_metric = use.forward(block, lm, test_loader), use.metric_name
@@ -161,6 +166,7 @@ def compare(
     fitted: Fits | None = None,
     step: Step | None = None,
     positions: str | None = None,
+    probes: int | None = None,
 ) -> list[CompareRow]:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
@@ -170,13 +176,22 @@ def compare(
     the block and those through the backward map. `train`, `test` and `fitted` (from `fit_all`)
     skip collecting or fitting again. A method that does not apply gets a row with its reason
     in `note` and no scores. `step(model, batch) -> loss` runs batches of any form (then the
-    forward in-use figure is that loss); `positions` as in `collect`.
+    forward in-use figure is that loss); `positions` as in `collect`. `probes`: probe cotangents
+    per training input for ridge-probe (default PROBES = 4 when it is asked for, else none).
+    Every row fitted on pairs carries n and n_eff; a fit with n_eff below its input width warns
+    (EffectiveSamplesWarning, naming block, method, n, n_eff and d).
     """
     check_choice("direction", direction, DIRECTIONS)
     parsed = parse_methods([m.label if isinstance(m, Method) else m for m in methods])
     use = _Use(get_loss(loss), step)
     options = {"show_progress": show_progress, "step": step, "positions": positions}
-    train = train or collect(model, block, train_loader, direction, loss, **options)  # type: ignore[arg-type]
+    wanted = {m.name for m in parsed}
+    backward = direction in ("backward", "both")
+    extra = {
+        "probes": (PROBES if probes is None else probes) if backward and names.RIDGE_PROBE in wanted else 0,
+        "weighting": "direction" if backward and names.RIDGE_DIRECTION in wanted else None,
+    }
+    train = train or collect(model, block, train_loader, direction, loss, **options, **extra)  # type: ignore[arg-type]
     test = test or collect(model, block, test_loader, direction, loss, **options)  # type: ignore[arg-type]
     fits = fitted or fit_all(block, train, parsed, direction)
     rows = [_intact_row(block, test_loader, use)] if direction in ("forward", "both") else []

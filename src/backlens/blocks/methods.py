@@ -6,6 +6,7 @@ says why it does not apply (a `NotApplicable` value, not an exception to be pars
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from ..linear import methods as names
 from ..linear.analytic import DIRECTIONS, identity
 from ..linear.linear_map import LinearMap
 from ..linear.moments import Moments
-from ..linear.ridge import reduced_rank, ridge
+from ..linear.ridge import EffectiveSamplesWarning, reduced_rank, ridge
 from .analytic import expected_mask, mean_jacobian_parts, weights_only
 from .block import Block
 from .collect import Collection
@@ -82,6 +83,46 @@ def _ridge(method: Method, block: Block, collection: Collection, direction: str)
     return ridge(_moments(collection, direction), alpha="gcv", intercept=direction == "forward")
 
 
+PROBES = 4  # probe cotangents per input where ridge-probe is asked for and nothing else says
+
+
+def _backward_only(method: Method, direction: str) -> NotApplicable | None:
+    if direction == "backward":
+        return None
+    reason = f"{method.name} fits backward maps only (pairs at the block's output): use ridge forward"
+    return NotApplicable(method.label, direction, reason)
+
+
+def _ridge_probe(
+    method: Method, block: Block, collection: Collection, direction: str
+) -> LinearMap | NotApplicable:
+    """Backward ridge on (v, v·J) probe pairs: an estimate of E[J] from isotropic cotangents."""
+    if (skip := _backward_only(method, direction)) is not None:
+        return skip
+    if collection.probe is None:
+        reason = f"{method.name} needs probe pairs: collect with probes=K (e.g. {PROBES})"
+        return NotApplicable(method.label, direction, reason)
+    fitted = ridge(collection.probe, alpha="gcv", intercept=False)
+    fitted.method = names.RIDGE_PROBE
+    fitted.info.update({"fitted_on": "probe", "probes": collection.probes})
+    return fitted
+
+
+def _ridge_direction(
+    method: Method, block: Block, collection: Collection, direction: str
+) -> LinearMap | NotApplicable:
+    """Backward ridge on the gradient pairs scaled by 1/‖grad_out‖: every row counts once."""
+    if (skip := _backward_only(method, direction)) is not None:
+        return skip
+    if collection.weighted is None:
+        reason = f"{method.name} needs direction-weighted pairs: collect with weighting='direction'"
+        return NotApplicable(method.label, direction, reason)
+    fitted = ridge(collection.weighted, alpha="gcv", intercept=False)
+    fitted.method = names.RIDGE_DIRECTION
+    fitted.info.update({"fitted_on": "backward", "weighting": "direction"})
+    return fitted
+
+
 def _reduced_rank(method: Method, block: Block, collection: Collection, direction: str) -> LinearMap:
     assert method.rank is not None
     moments = _moments(collection, direction)
@@ -128,6 +169,8 @@ def _identity(
 
 METHODS: dict[str, Fit] = {
     names.RIDGE: _ridge,
+    names.RIDGE_PROBE: _ridge_probe,
+    names.RIDGE_DIRECTION: _ridge_direction,
     names.REDUCED_RANK: _reduced_rank,
     names.EXPECTED_MASK: _chain_only(lambda b, c, d: expected_mask(b, c.inputs, d, c.call)),
     names.MEAN_JACOBIAN: _mean_jacobian,
@@ -171,12 +214,26 @@ def fit_or_explain(
     method = parse_method(method) if isinstance(method, str) else method
     check_choice("direction", direction, DIRECTIONS)
     try:
-        fitted = METHODS[method.name](method, block, collection, direction)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EffectiveSamplesWarning)
+            fitted = METHODS[method.name](method, block, collection, direction)
     except RuntimeError as error:  # torch's own failures; BacklensError (a ValueError) passes
         return NotApplicable(method.label, direction, f"failed inside torch: {str(error).splitlines()[0]}")
+    finally:
+        _rewarn(caught, f"block {block.label}, {method.label} ({direction}): ")
     if isinstance(fitted, LinearMap):
         fitted.info.setdefault("positions", collection.positions)
     return fitted
+
+
+def _rewarn(caught: list[warnings.WarningMessage], context: str) -> None:
+    """Warnings from a fit, passed on; EffectiveSamplesWarning names the block, method, direction,
+    so that the CLI prints one line per affected fit."""
+    for w in caught:
+        if issubclass(w.category, EffectiveSamplesWarning):
+            warnings.warn(context + str(w.message), w.category, stacklevel=4)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def fit_method(method: Method | str, block: Block, collection: Collection, direction: str) -> LinearMap:

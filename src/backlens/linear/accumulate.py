@@ -73,6 +73,7 @@ class Snapshot:
     G: torch.Tensor
     syy_diag: torch.Tensor
     syy: torch.Tensor | None
+    norms: tuple[float, float] | None
 
 
 class Sums:
@@ -86,6 +87,9 @@ class Sums:
         self.G = torch.zeros(d + 1, d + 1 + k, dtype=torch.float64)
         self.syy_diag = torch.zeros(k, dtype=torch.float64)
         self.syy = torch.zeros(k, k, dtype=torch.float64) if full_yy else None
+        # Σ‖x_i‖², Σ‖x_i‖⁴ of the raw (unshifted) rows, for the effective sample size; None once
+        # merged with statistics that lack them (a file written before they were kept).
+        self.norms: tuple[float, float] | None = (0.0, 0.0)
         self.x_blocks, self.y_blocks = cuts(d + 1), cuts(k)
         self._buffer_rows: torch.Tensor | None = None
         self._scratch: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -93,11 +97,12 @@ class Sums:
     # ---- state ---------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         syy = None if self.syy is None else self.syy.clone()
-        return Snapshot(self.n, self.kx, self.ky, self.G.clone(), self.syy_diag.clone(), syy)
+        return Snapshot(self.n, self.kx, self.ky, self.G.clone(), self.syy_diag.clone(), syy, self.norms)
 
     def restore(self, s: Snapshot) -> None:
         self.n, self.kx, self.ky = s.n, s.kx, s.ky
         self.G, self.syy_diag, self.syy = s.G, s.syy_diag, s.syy
+        self.norms = s.norms
 
     def centred(self) -> dict[str, torch.Tensor]:
         """n-free centred form: mean_x, mean_y, cxx, cxy, cyy_diag (and cyy), float64."""
@@ -166,7 +171,10 @@ class Sums:
         kx, ky = self._first_shift(X, Y)
         z = self._buffer(b)
         zx, zy = z[:, :d], z[:, d + 1 :]
-        zx.copy_(X).sub_(kx)
+        zx.copy_(X)
+        squared = torch.einsum("ij,ij->i", zx, zx)  # ‖x_i‖² of the raw rows, float64
+        norms = float(squared.sum()), float(squared.square().sum())
+        zx.sub_(kx)
         zy.copy_(Y).sub_(ky)
         # Checking the chunk's own products costs O(d²); checking the input costs O(b·d) reads.
         narrow = X.dtype != torch.float64 and Y.dtype != torch.float64
@@ -191,4 +199,6 @@ class Sums:
             if self.syy is not None and syy is not None:
                 self.syy += syy
             self.syy_diag += squares
+        if self.norms is not None:
+            self.norms = (self.norms[0] + norms[0], self.norms[1] + norms[1])
         self.kx, self.ky, self.n = kx, ky, self.n + b

@@ -25,6 +25,13 @@ __all__ = ["Moments", "YY_MODES"]
 # as C = S − s·sᵀ/n, which loses nothing while K is near the mean. Merging combines the centred
 # forms exactly (Chan, Golub & LeVeque): C = C_a + C_b + (n_a·n_b/n)·δδᵀ, δ = μ_b − μ_a.
 # Extra memory: O((d_in + d_out)·(d_in + d_out + chunk)).
+#
+# Effective sample size: n_eff = (Σ‖x_i‖²)² / Σ‖x_i‖⁴, with ‖x_i‖ the Euclidean norm of the raw
+# input row x_i as given (not centred, not shifted: a backward map has no intercept, so the raw
+# gradient is what weighs in XᵀX). It is n when every row has the same norm and ≈ 1 when one row
+# carries all of XᵀX's trace. The two scalar sums are streamed beside the rest and add on merge.
+# A file written before they were kept loads with n_eff = None ("unknown"), and so does anything
+# merged with it; nothing is guessed.
 
 YY_MODES = ("full", "diagonal")
 KIND = "backlens.Moments"
@@ -105,10 +112,17 @@ class Moments:
             )
         if other._n == 0:
             return self
+        mine, theirs = self._sums.norms, other._sums.norms
+        norms = None if mine is None or theirs is None else (mine[0] + theirs[0], mine[1] + theirs[1])
+        self._merge_centred(other)
+        self._sums.norms = norms
+        return self
+
+    def _merge_centred(self, other: Moments) -> None:
         b = other._centred()
         if self._n == 0:
             self._set_centred(other._n, b)
-            return self
+            return
         a = self._centred()
         n_a, n_b = self._n, other._n
         n = n_a + n_b
@@ -124,7 +138,6 @@ class Moments:
         if "cyy" in a:
             merged["cyy"] = a["cyy"] + b["cyy"] + f * torch.outer(dy, dy)
         self._set_centred(n, merged)
-        return self
 
     def copy(self) -> Moments:
         """An independent copy."""
@@ -135,6 +148,30 @@ class Moments:
     def n(self) -> int:
         """Number of rows seen."""
         return self._n
+
+    @property
+    def n_eff(self) -> float | None:
+        """Energy-weighted effective sample size of X, (Σ‖x_i‖²)² / Σ‖x_i‖⁴ on the raw rows.
+
+        Between 1 and n: n when all rows have the same norm, near 1 when one row dominates XᵀX.
+        0.0 for no rows (or all-zero rows); None when unknown (loaded from a file written before
+        backlens kept these sums, or merged with such statistics).
+        """
+        norms = self._sums.norms
+        if norms is None:
+            return None
+        s2, s4 = norms
+        return s2 * s2 / s4 if s4 > 0 else 0.0
+
+    @property
+    def sum_sq_norms(self) -> float | None:
+        """Σ‖x_i‖² over the raw rows (None when unknown, as for n_eff)."""
+        return None if self._sums.norms is None else self._sums.norms[0]
+
+    @property
+    def sum_quartic_norms(self) -> float | None:
+        """Σ‖x_i‖⁴ over the raw rows (None when unknown, as for n_eff)."""
+        return None if self._sums.norms is None else self._sums.norms[1]
 
     @property
     def mean_x(self) -> torch.Tensor:
@@ -208,6 +245,8 @@ class Moments:
         """Write as safetensors (never pickle), atomically: a killed write leaves no valid file."""
         c = self._centred()
         tensors = {"n": torch.tensor([self._n], dtype=torch.int64), **c}
+        if self._sums.norms is not None:  # absent: n_eff unknown, as it was when loaded
+            tensors["x_norm_sums"] = torch.tensor(self._sums.norms, dtype=torch.float64)
         meta = {"d_in": self.d_in, "d_out": self.d_out, "yy": self.yy_mode}
         return save_tensors(path, tensors, KIND, meta)
 
@@ -235,6 +274,13 @@ class Moments:
             stats = {k: tensors[k].to(torch.float64) for k in shapes if k != "n"}
             if n < 0 or not all(bool(torch.isfinite(t).all()) for t in stats.values()):
                 raise ValueError("negative n or non-finite statistics")
+            norms = None  # a file from before the effective sample size was kept: n_eff unknown
+            if "x_norm_sums" in tensors:
+                sums = tensors["x_norm_sums"].to(torch.float64)
+                finite = bool(torch.isfinite(sums).all())
+                if tuple(sums.shape) != (2,) or not finite or bool((sums < 0).any()):
+                    raise ValueError(f"x_norm_sums is {sums.tolist()}, not two finite sums ≥ 0")
+                norms = (float(sums[0]), float(sums[1]))
         except (KeyError, ValueError, TypeError) as err:
             raise fail(
                 "path",
@@ -243,7 +289,12 @@ class Moments:
                 "rewrite it with Moments.save",
             ) from None
         out._set_centred(n, stats)
+        out._sums.norms = norms
         return out
 
     def __repr__(self) -> str:
-        return f"Moments(d_in={self.d_in}, d_out={self.d_out}, n={self._n}, yy={self.yy_mode!r})"
+        n_eff = self.n_eff
+        shown = "unknown" if n_eff is None else f"{n_eff:.4g}"
+        return (
+            f"Moments(d_in={self.d_in}, d_out={self.d_out}, n={self._n}, n_eff={shown}, yy={self.yy_mode!r})"
+        )

@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_GRID",
     "AlphaAtGridEdgeWarning",
     "SingularSystemWarning",
+    "EffectiveSamplesWarning",
+    "effective_samples_message",
 ]
 
 # Shape convention: row vectors, Y ≈ X·M + b with M (d_in, d_out). With intercept the system is
@@ -48,6 +50,26 @@ class AlphaAtGridEdgeWarning(BacklensWarning):
 
 class SingularSystemWarning(BacklensWarning):
     """XᵀX + αI is singular: the minimum-norm solution (pseudo-inverse) is returned."""
+
+
+class EffectiveSamplesWarning(BacklensWarning):
+    """The fit's effective sample size n_eff = (Σ‖x‖²)²/Σ‖x‖⁴ is below its number of input
+    features d: a few samples carry XᵀX, the map can interpolate them, and its error on its own
+    samples says little; judge it on held-out data."""
+
+
+def effective_samples_message(n: int, n_eff: float, d: int) -> str:
+    """'fitted on 1,258 samples, effectively 11 (< 128 input features): ...'."""
+    return (
+        f"fitted on {n:,} samples, effectively {n_eff:,.0f} (< {d:,} input features): "
+        "the map can interpolate them; see held-out"
+    )
+
+
+def _warn_effective_samples(m: Moments) -> None:
+    n_eff = m.n_eff
+    if n_eff is not None and n_eff < m.d_in:
+        warnings.warn(effective_samples_message(m.n, n_eff, m.d_in), EffectiveSamplesWarning, stacklevel=4)
 
 
 @dataclass
@@ -299,6 +321,7 @@ def _fit(
     if not isinstance(intercept, bool):
         raise fail("intercept", "True or False", repr(intercept), "pass a bool")
     s = _system(m, intercept)
+    _warn_effective_samples(m)
     choice = _resolve_alpha(s, alpha, validation, grid)
     alpha_value, info = choice.alpha, choice.info
     M, solve_info = _solve(s, alpha_value, choice.eig)
@@ -308,6 +331,7 @@ def _fit(
             "alpha": alpha_value,
             "alpha_relative": alpha_value / s.scale,
             "n": s.n,
+            "n_eff": m.n_eff,  # (Σ‖x‖²)²/Σ‖x‖⁴ of the fitting rows; None when unknown
             "intercept": intercept,
             "d_in": m.d_in,
             "d_out": m.d_out,
@@ -335,6 +359,8 @@ def ridge(
     one eigendecomposition for the whole grid); or "validation" (least error on the held-out
     `validation` Moments, also exact). grid: α values relative to tr(XᵀX)/d (default
     DEFAULT_GRID, 20 points from 1e-8 to 1e2). Equals scikit-learn's Ridge(alpha, fit_intercept).
+    info records n and n_eff, the effective sample size of the fitting rows (`Moments.n_eff`);
+    EffectiveSamplesWarning when n_eff < d_in.
     """
     s, M, _, info = _fit(moments, alpha, intercept, validation, grid)
     return _map(s, M, RIDGE, info)
