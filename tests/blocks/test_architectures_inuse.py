@@ -5,7 +5,6 @@ autograd alone — y = f(a).detach() + a·Mᵀ − (a·Mᵀ).detach() has f's va
 so replaced(direction="backward") must give the same parameter gradients; the map applied by hand
 to the block's input rows for replaced(direction="forward"). float64; tolerances 1e-12 (the
 same arithmetic in another order) and 1e-10 for a cosine of exact gradients.
-The tests marked xfail(strict=True) pin bugs found while writing them (see each reason).
 """
 
 from __future__ import annotations
@@ -15,13 +14,22 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from inuse_cases import (  # noqa: I001 (a helper module beside the tests)
+    ATOL,
+    CNN,
+    DropBN,
+    GRUClassifier,
+    ResMLP,
+    built,
+    cos,
+    loader,
+    no_hooks,
+    random_map,
+)
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from backlens import BacklensError, Block, LinearMap, collect, compare, mean_jacobian, replaced, weights_only
 from backlens.blocks.inuse import backward_cosine, forward_metric
-
-ATOL = 1e-12
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,97 +38,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, d: int, prenorm: bool, linear: bool) -> None:
-        super().__init__()
-        self.prenorm, self.norm = prenorm, nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 5), nn.Identity() if linear else nn.Tanh(), nn.Linear(5, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(self.norm(x) if self.prenorm else x)
-
-
-class ResMLP(nn.Module):
-    def __init__(self, prenorm: bool, linear: bool = True, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.inp, self.drop, self.head = nn.Linear(3, 4), nn.Dropout(dropout), nn.Linear(4, 2)
-        self.layers = nn.ModuleList([ResBlock(4, prenorm, linear) for _ in range(2)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop(self.inp(x))
-        for layer in self.layers:
-            h = layer(h)
-        return self.head(h)
-
-
-class GRUClassifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru, self.head = nn.GRU(2, 4, batch_first=True), nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.gru(x)
-        return self.head(out[:, -1])
-
-
-class DropBN(nn.Module):
-    """A block with BatchNorm and Dropout inside: its function depends on the mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
-        self.block = nn.Sequential(
-            nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.3), nn.Linear(5, 4)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.inp(x)))
-
-
-class CNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(2, 3, 1)
-        self.features = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
-        self.head = nn.Linear(3 * 4 * 4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.stem(x)).flatten(1))
-
-
-def built(factory, *args) -> nn.Module:
-    torch.manual_seed(1)
-    model = factory(*args).double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
-    return model.eval()
-
-
-def loader(shape: tuple[int, ...] = (3,), classes: int = 0, n: int = 12, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, dtype=torch.float64, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g) if classes else torch.randn(n, 2, dtype=torch.float64)
-    return DataLoader(TensorDataset(x, y), batch_size=6)
-
-
-def random_map(d_in: int, d_out: int, direction: str, seed: int = 3) -> LinearMap:
-    g = torch.Generator().manual_seed(seed)
-    M, b = torch.randn(d_in, d_out, dtype=torch.float64, generator=g), torch.randn(d_out, dtype=torch.float64)
-    return LinearMap(M, b if direction == "forward" else None, "random", {"direction": direction})
-
-
-def no_hooks(model: nn.Module) -> bool:
-    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return all(not getattr(m, k) for m in model.modules() for k in kinds)
-
-
-def cos(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    u, v = torch.cat([t.reshape(-1) for t in a]), torch.cat([t.reshape(-1) for t in b])
-    return float(u @ v / (u.norm() * v.norm()))
 
 
 # ---- residual blocks in use: exact maps change nothing; any map equals the surrogate ---------
@@ -351,97 +268,3 @@ def test_step_with_dict_batches_equals_the_named_loss_on_tuples() -> None:
     assert intact.in_use == pytest.approx(sum(step(model, b).item() * 6 for b in dicts) / 12, rel=ATOL)
     exact = next(r for r in rows if (r.method, r.direction) == ("weights-only", "backward"))
     assert exact.in_use == pytest.approx(1.0, abs=1e-10) and exact.in_use_metric == "grad cosine"
-
-
-# ---- bugs found (each xfail pins one; see its reason) -----------------------------------------
-
-
-class ResidualSequential(nn.Sequential):
-    """A Sequential subclass with its own forward: x + (its children in order)(x)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
-
-
-def test_a_sequential_subclass_with_its_own_forward_is_not_read_as_a_chain() -> None:
-    model = nn.Sequential(nn.Linear(3, 3), ResidualSequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)))
-    model = model.double()
-    block, X = Block(model, "1"), torch.randn(10, 3, dtype=torch.float64)
-    J = torch.stack([torch.autograd.functional.jacobian(model[1], x) for x in X]).mean(0)
-    torch.testing.assert_close(mean_jacobian(block, X, "backward").matrix, J, rtol=0, atol=ATOL)
-    assert not block.is_linear_chain()
-
-
-class Indexed(nn.Module):
-    """Holds a plain Sequential but calls its children itself, with a skip between them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seq = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.seq[0](x)
-        return self.seq[2](self.seq[1](h) + h)
-
-
-def test_a_span_of_a_sequential_the_model_does_not_call_is_refused() -> None:
-    # The span's dataflow is the Sequential's only if the model runs the Sequential: collect sees
-    # on the recorded forward that it does not; mean_jacobian, without that record, refuses too.
-    model = built(Indexed)
-    block = Block(model, "seq.0", "seq.2")
-    X = torch.randn(10, 3, dtype=torch.float64)
-    with pytest.raises(BacklensError, match="the model calls 'seq.0' itself"):
-        collect(model, block, loader(), show_progress=False)
-    with pytest.raises(BacklensError, match="recorded call of span"):
-        mean_jacobian(block, X, "backward")
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-
-
-def inplace_after() -> nn.Module:
-    return built(
-        lambda: nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
-    )
-
-
-def test_an_inplace_op_after_the_block_leaves_its_pairs_intact() -> None:
-    model, data = inplace_after(), loader()
-    col = collect(model, Block(model, "1"), data, show_progress=False)
-    x, y = (torch.cat(t) for t in zip(*data, strict=True))
-    a_out = model[1](model[0](x))
-    (g_out,) = torch.autograd.grad(F.mse_loss(model[3](F.relu(a_out[:6])), y[:6]), a_out, retain_graph=True)
-    torch.testing.assert_close(col.pairs["forward"][1], a_out.detach(), rtol=0, atol=ATOL)
-    torch.testing.assert_close(col.pairs["backward"][0][:6], g_out[:6], rtol=0, atol=ATOL)
-
-
-def test_backward_map_in_use_survives_an_inplace_op_after_the_block() -> None:
-    model = inplace_after()
-    block = Block(model, "1")
-    assert backward_cosine(block, weights_only(block, "backward"), loader(), F.mse_loss) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("direction", ["forward", "both"])
-def test_an_inplace_entry_module_leaves_the_block_input_intact(direction: str) -> None:
-    model = built(lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)))
-    data = loader()
-    col = collect(model, Block(model, "1", "2"), data, direction=direction, show_progress=False)
-    x = torch.cat([b[0] for b in data])
-    torch.testing.assert_close(col.pairs["forward"][0], model[0](x).detach(), rtol=0, atol=ATOL)
-
-
-def test_collect_in_training_mode_leaves_batchnorm_statistics_unchanged() -> None:
-    model = built(DropBN).train()
-    state = copy.deepcopy(model.state_dict())
-    collect(model, Block(model, "block"), loader(), show_progress=False)
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-
-
-@pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_exact_map_in_use_scores_exact_with_dropout_in_training_mode(direction: str) -> None:
-    model = built(ResMLP, False, True, 0.5).train()  # Dropout upstream of the linear sub-block
-    block, data = Block(model, "layers.0.mlp"), loader()
-    exact = weights_only(block, direction)
-    if direction == "backward":
-        assert backward_cosine(block, exact, data, F.mse_loss) == pytest.approx(1.0, abs=1e-10)
-    else:  # compare's intact row and the exact map's row must read the same
-        rows = compare(model, block, data, data, ["weights-only"], "forward", show_progress=False)
-        assert rows[1].in_use == pytest.approx(rows[0].in_use, rel=1e-10), rows
