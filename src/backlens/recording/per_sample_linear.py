@@ -1,4 +1,4 @@
-"""Per-sample gradients of a Linear layer, and their norms, from its recorded inputs and backprops.
+"""Per-sample gradients of nn.Linear, and their norms, from its recorded inputs and backprops.
 
 Shapes: each call of the layer has activations a (n, ..., in) and backprops δ = dL/dz
 (n, ..., out), n samples first; the middle axes (sequence positions) flatten to t.
@@ -14,25 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from ..errors import fail
+from .per_sample_base import CallData, first_pairs
 
-__all__ = ["loss_scale", "linear_grads", "linear_sq_norms", "REDUCTIONS"]
+__all__ = ["linear_grads", "linear_sq_norms", "linear_rule_grads", "linear_rule_sq_norms", "CHUNK_BYTES"]
 
-REDUCTIONS = ("mean", "sum")  # as torch.nn.functional names them
 CHUNK_BYTES = 64 * 2**20  # per-sample gradients built at a time when norms need them
-
-
-def loss_scale(reduction: str, n: int) -> float:
-    """s: n for a mean loss over n samples (reduction "mean"), 1 for a sum ("sum")."""
-    if reduction not in REDUCTIONS:
-        raise fail(
-            "reduction",
-            "'mean' or 'sum'",
-            repr(reduction),
-            "pass the reduction of the loss that was backpropagated",
-        )
-    return float(n) if reduction == "mean" else 1.0
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -145,3 +134,19 @@ def linear_sq_norms(
     if bias:
         total += d.sum(dim=1).square().sum(-1)
     return total * scale**2
+
+
+def linear_rule_grads(
+    module: nn.Module | None, calls: Sequence[CallData], scale: float, names: frozenset[str]
+) -> dict[str, torch.Tensor]:
+    """The registry's rule for nn.Linear: `linear_grads` on the calls' first input and grad_output."""
+    acts, backs = first_pairs(calls)
+    return linear_grads(acts, backs, scale=scale, weight="weight" in names, bias="bias" in names)
+
+
+def linear_rule_sq_norms(
+    module: nn.Module | None, calls: Sequence[CallData], scale: float, names: frozenset[str]
+) -> torch.Tensor:
+    """The registry's norm rule for nn.Linear: `linear_sq_norms` (closed form where cheaper)."""
+    acts, backs = first_pairs(calls)
+    return linear_sq_norms(acts, backs, scale=scale, weight="weight" in names, bias="bias" in names)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from ..errors import fail
 from . import per_sample
@@ -126,8 +127,11 @@ class Trace:
     with `mark_ran` as it runs; a loaded record passes the saved order).
     """
 
-    def __init__(self, records: Sequence[ModuleRecord], order: Sequence[str] = ()) -> None:
+    def __init__(
+        self, records: Sequence[ModuleRecord], order: Sequence[str] = (), model: nn.Module | None = None
+    ) -> None:
         self._records = {r.name: r for r in records}
+        self._model = model
         self._ran: dict[str, None] = {}  # the names that ran, in order (a dict: ordered and quick)
         for name in order:
             self.mark_ran(name)
@@ -209,121 +213,61 @@ class Trace:
                     )
 
     def per_sample_grads(
-        self, name: str, reduction: str = "mean", out: dict[str, torch.Tensor] | None = None
+        self,
+        name: str,
+        reduction: str = "mean",
+        out: dict[str, torch.Tensor] | None = None,
+        fallback: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """{"weight": (n, out, in), "bias": (n, out)}: each sample's gradient of its own loss term.
+        """{parameter name: (n, *shape)}: each sample's gradient of its own loss term, summed over calls.
 
-        For an nn.Linear with 2-D (n, in) or 3-D (n, t, in) inputs, summed over its calls.
+        For the module types of `per_sample.RULES` (Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d,
+        Embedding, LayerNorm, GroupNorm, RMSNorm, MultiheadAttention — its out_proj included).
         reduction: "mean" if the loss averaged over the n samples of the batch (the recorded δ
         is then scaled by n, as Opacus does), "sum" if it summed them; as in torch.nn.functional.
-        Parameters that did not require grad are left out. `out`: buffers to write into.
+        Parameters that did not require grad are left out. `out`: buffers to write into (Linear).
+        fallback="func": any other module through torch.func (vmap over its own forward at the
+        recorded inputs: one forward to check them, then a forward and backward per sample).
         """
-        record = self._linear(name, "per_sample_grads")
-        if not any(record.params.values()):
-            raise fail(
-                "name",
-                "an nn.Linear with a parameter that requires grad",
-                f"{name!r}, all frozen",
-                "unfreeze a parameter, or pick another layer",
-            )
-        activations, backprops = _linear_data(record)
-        scale = per_sample.loss_scale(reduction, activations[0].shape[0])
-        return per_sample.linear_grads(
-            activations,
-            backprops,
-            scale=scale,
-            out=out,
-            weight=record.params.get("weight", False),
-            bias=record.params.get("bias", False),
-        )
+        return per_sample.trace_grads(self, name, reduction, fallback, out)
 
     def per_sample_grad_norms(
-        self, reduction: str = "mean", names: Sequence[str] | None = None
+        self,
+        reduction: str = "mean",
+        names: Sequence[str] | None = None,
+        allow_partial: bool = False,
+        fallback: str | None = None,
     ) -> torch.Tensor:
-        """(n,) norm of each sample's gradient over all traced Linear layers (or `names`).
+        """(n,) norm of each sample's gradient over every parameter of the model that received one.
 
-        Computed without building the per-sample gradients where that is cheaper (see
-        `per_sample.linear_sq_norms`): what DP-SGD clipping needs. Same scaling as per_sample_grads.
+        A parameter counts as having received a gradient when it requires grad and its .grad is
+        set (loss.backward()) or a backward reached its traced module. Each is covered once: by
+        its module's rule, by a traced ancestor whose rule covers children (attention's
+        out_proj), or with fallback="func" by the nearest traced module through torch.func. One
+        it cannot cover (not traced, no rule, tied between modules) raises a BacklensError
+        naming it; allow_partial=True leaves those out with a PartialNormWarning listing them.
+        names: only those modules' parameters (an explicit subset: no coverage check). A record
+        loaded from a file has no model: its recorded modules are the whole.
+        Closed forms where they exist (Linear, Embedding, Conv by the Gram identity when
+        cheaper), else built one module at a time: what DP-SGD clipping needs.
         """
-        if names is None:
-            names = [r.name for r in self if r.is_linear and r.calls and any(r.params.values())]
-            if not names:
-                raise fail(
-                    "rec",
-                    "a trace with recorded calls of an nn.Linear with trainable parameters",
-                    "none",
-                    "trace with select including nn.Linear and store='cpu' or 'device'",
-                )
-        total: torch.Tensor | None = None
-        for name in names:
-            record = self._linear(name, "per_sample_grad_norms")
-            activations, backprops = _linear_data(record)
-            scale = per_sample.loss_scale(reduction, activations[0].shape[0])
-            sq = per_sample.linear_sq_norms(
-                activations,
-                backprops,
-                scale=scale,
-                weight=record.params.get("weight", False),
-                bias=record.params.get("bias", False),
-            )
-            if total is not None and total.shape != sq.shape:
-                raise fail(
-                    "names",
-                    "layers that saw the same batch",
-                    f"{name!r} with {sq.shape[0]} samples against {total.shape[0]}",
-                    "pass the layers of one batch",
-                )
-            total = sq if total is None else total + sq.to(total.device)
-        assert total is not None
-        return total.sqrt()
+        return per_sample.trace_grad_norms(self, reduction, names, allow_partial, fallback)
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The traced model (None for a record loaded from a file)."""
+        return self._model
+
+    def module(self, name: str) -> nn.Module | None:
+        """The traced module `name` (None for a record loaded from a file)."""
+        self[name]
+        return None if self._model is None else self._model.get_submodule(name)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write every recorded tensor to a .safetensors file (see backlens.save_record)."""
         from .files import save_record
 
         return save_record(self, path)
-
-    def _linear(self, name: str, what: str) -> ModuleRecord:
-        record = self[name]
-        if not record.is_linear:
-            raise fail(
-                f"{what}: name",
-                "an nn.Linear (the supported layer type)",
-                f"{name!r}, a {record.module_type}",
-                "select an nn.Linear module",
-            )
-        if not record.calls:
-            raise fail(
-                f"{what}: name",
-                "a module with recorded calls",
-                f"{name!r} with none",
-                "trace with store='cpu' or 'device' and run the model inside the trace",
-            )
-        return record
-
-
-def _linear_data(record: ModuleRecord) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    activations, backprops = [], []
-    for call in record.calls:
-        a, d = call.input, call.grad_output
-        if a is None or d is None:
-            raise fail(
-                f"rec[{record.name!r}].calls[{call.index}]",
-                "an input and a grad_output",
-                "a call without " + ("input" if a is None else "backward"),
-                "run loss.backward() inside the trace",
-            )
-        activations.append(a)
-        backprops.append(d.to(a.device))
-    n = {a.shape[0] for a in activations}
-    if len(n) > 1:
-        raise fail(
-            f"rec[{record.name!r}]",
-            "calls on one batch size",
-            sorted(n),
-            "trace one batch at a time",
-        )
-    return activations, backprops
 
 
 def _call_at(record: ModuleRecord, index: int) -> Call:

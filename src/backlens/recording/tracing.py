@@ -139,7 +139,8 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
                     params=_own_params(m),
                 )
                 for n, m in modules.items()
-            ]
+            ],
+            model=self.model,
         )
         self._store = Store(self.store)
         self._counts = dict.fromkeys(self.selected, 0)
