@@ -5,6 +5,7 @@ from .blocks.block import Block
 from .blocks.collect import Collection, collect
 from .blocks.compare import CompareRow, Fits, compare, fit_all
 from .blocks.inuse import replaced
+from .blocks.linear_backward import BACKWARD_METHODS, LinearBackward, linear_backward
 from .blocks.linearity import LinearityRow, linearity
 from .blocks.methods import METHOD_CHOICES, NotApplicable, fit_method
 from .byhand.check import CheckRow, Report, check
@@ -91,6 +92,9 @@ __all__ = [
     "replaced",
     "linearity",
     "LinearityRow",
+    "linear_backward",
+    "LinearBackward",
+    "BACKWARD_METHODS",
     # workflows
     "build_mlp",
     "seed_regression",

@@ -92,11 +92,13 @@ def _check_input(block: Block, value: Any) -> torch.Tensor:
 
 @contextmanager
 def boundaries(
-    block: Block, alias_input: bool = False, swap: Swap | None = None, copies: bool = True
+    block: Block, alias_input: bool = False, swap: Swap | None = None, copies: bool = True, cut: bool = False
 ) -> Iterator[Boundaries]:
     """Within the body, every call of the block is recorded; `swap` replaces its output.
 
-    copies=False records the very tensors the model passes (to follow gradients from them)."""
+    copies=False records the very tensors the model passes (to follow gradients from them).
+    cut=True (with swap) hands the block a detached input: the block's own backward reaches its
+    parameters but not what lies below, which gets only what the swap sends."""
     seen = Boundaries(block)
 
     def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -114,7 +116,7 @@ def boundaries(
             )
         if swap is not None or not copies:  # the real input, so gradients reach what lies below
             seen.calls.append(Crossing(x, args[1:], dict(kwargs)))
-            return None
+            return ((x.detach(), *args[1:]), kwargs) if cut and swap is not None else None
         # Recorded: a copy the block cannot change (an in-place entry, ReLU(inplace=True), would
         # rewrite the input it was given); with alias_input, a leaf that only the block sees,
         # handed over as a copy so an in-place entry writes into that copy, not into the leaf.

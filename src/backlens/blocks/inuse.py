@@ -67,11 +67,32 @@ class _LinearBackward(torch.autograd.Function):
         return None, ctx.backward_map(grad), None
 
 
-def swap_backward(map_gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-    """A boundary swap whose backward sends map_gradient(grad_out, x) to the block's input."""
+class _LocalAndMapped(torch.autograd.Function):
+    """y passes unchanged; its gradient goes into the block (its parameters' local gradients, the
+    block's input being cut) and, as map(grad), to the block's input x."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, x: torch.Tensor, backward: Callable) -> torch.Tensor:  # type: ignore[override]
+        ctx.backward_map = backward
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
+        return grad, ctx.backward_map(grad), None
+
+
+def swap_backward(
+    map_gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], local: bool = False
+) -> Callable:
+    """A boundary swap whose backward sends map_gradient(grad_out, x) to the block's input.
+
+    local=True also lets the gradient into the block, for its parameters' own gradients (use it
+    with boundaries(..., cut=True), so the block's own path to x is cut): how training through a
+    linear backward updates the layers a map stands in for."""
+    function = _LocalAndMapped if local else _LinearBackward
 
     def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _LinearBackward.apply(y, x, lambda grad: map_gradient(grad, x))
+        return function.apply(y, x, lambda grad: map_gradient(grad, x))
 
     return swap
 

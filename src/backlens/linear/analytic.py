@@ -15,7 +15,16 @@ from ..errors import check_choice, check_positive_int, describe, fail
 from .linear_map import LinearMap
 from .methods import EXPECTED_MASK, IDENTITY, MEAN_JACOBIAN, WEIGHTS_ONLY
 
-__all__ = ["expected_mask", "mean_jacobian", "weights_only", "identity", "make_map", "DIRECTIONS"]
+__all__ = [
+    "expected_mask",
+    "mean_jacobian",
+    "weights_only",
+    "identity",
+    "make_map",
+    "mean_derivatives",
+    "derivative_product",
+    "DIRECTIONS",
+]
 
 # Shape convention: row vectors, X (n, d_in) → block → Y (n, d_out). A chain Linear → σ → Linear …
 # has Jacobian J(x) = W_L·diag(σ'(z_{L−1}))·…·W_1, (d_out, d_in) in PyTorch weight layout.
@@ -145,6 +154,28 @@ def expected_mask(layers: Any, X_in: torch.Tensor, direction: str) -> LinearMap:
     if count > 1:
         info["note"] = "more than one nonlinearity: a product of mean derivatives, not the mean Jacobian"
     return make_map(J, direction, X.double().mean(dim=0), mean_y, EXPECTED_MASK, info)
+
+
+def mean_derivatives(layers: Any, X_in: torch.Tensor) -> dict[int, torch.Tensor]:
+    """E[σ'(z)] over the rows of X_in for each activation step of the chain (keyed by step index):
+    the part of the expected-mask map that depends on data (training keeps a running mean)."""
+    X = _inputs(X_in, _first_width(layers))
+    ops = _parse(layers, X.shape[1])
+    sums: dict[int, torch.Tensor] = {}
+
+    def add(i: int, s: torch.Tensor) -> None:
+        sums[i] = sums[i] + s.sum(dim=0) if i in sums else s.sum(dim=0)
+
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        _forward(ops.steps, X[start : start + CHUNK_ROWS].double(), add)
+    return {i: s / X.shape[0] for i, s in sums.items()}
+
+
+def derivative_product(layers: Any, derivatives: dict[int, torch.Tensor]) -> torch.Tensor:
+    """W_L·diag(s_{L−1})·…·W_1 with the current weights and the given mean derivatives:
+    (block_out, block_in), the backward map's matrix (grad_in ≈ grad_out·J)."""
+    ops = _parse(layers, None)
+    return _product(ops.steps, derivatives, ops.d_in)
 
 
 def _transposed(steps: tuple[Op, ...]) -> tuple[Op, ...]:

@@ -1,0 +1,194 @@
+"""Training through a linear backward: the model's forward untouched, its backward passing each
+layer (or block) through a matrix — feedback alignment and its relatives, or the notebook's
+expected-mask map — while every weight's gradient stays local (dW = δᵀa with the δ that arrived).
+
+Built on the in-use swap of `blocks.inuse`: each layer's (block's) input is cut from its own
+backward, and a custom autograd Function at its output sends grad·B below. `bp` installs nothing:
+the same numbers as plain autograd, bit for bit. Feedback rules: `blocks.feedback`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import check_choice, check_module, fail
+from ..linear.analytic import derivative_product, mean_derivatives
+from .block import Block
+from .boundary import boundaries
+from .feedback import LAYER_RULES, feedback_matrix, fixed_part, send_below, unsupported
+from .inuse import swap_backward
+from .positions import to_rows
+from .shadow import Shadow
+
+__all__ = ["LinearBackward", "linear_backward", "BACKWARD_METHODS", "LAYER_METHODS", "BLOCK_METHODS"]
+
+LAYER_METHODS = tuple(LAYER_RULES)  # fa, usf, brsf, frsf: one B per Linear/Conv2d layer
+BLOCK_METHODS = ("expected-mask",)  # one map per block
+BACKWARD_METHODS = ("bp", *LAYER_METHODS, "dfa", *BLOCK_METHODS)
+
+
+@dataclass
+class LinearBackward:
+    """The state of a `linear_backward` context: the matrices used in the last backward, per layer
+    (or block) name, and with shadow=True the alignment to true backprop."""
+
+    model: nn.Module
+    method: str
+    seed: int
+    momentum: float = 0.9
+    feedback: dict[str, torch.Tensor] = field(default_factory=dict)
+    fixed: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    derivatives: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    shadow: Shadow | None = None
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def alignment(self) -> dict[str, list[float]]:
+        """Per layer: the angle in degrees between this method's weight update and true backprop's,
+        at every measured backward (needs shadow=True)."""
+        if self.shadow is None:
+            raise fail("shadow", "a context opened with shadow=True", "shadow=False", "pass shadow=True")
+        return self.shadow.angles
+
+
+# Layers with a weight that mixes features but no feedback rule here: a layer method refuses them
+# (elementwise layers — norms, activations — pass the gradient exactly, as in biotorch).
+NO_RULE = (
+    nn.Conv1d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Bilinear,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+)
+
+
+def _layers(model: nn.Module, method: str) -> dict[str, nn.Module]:
+    for name, module in model.named_modules():
+        if isinstance(module, NO_RULE):
+            raise fail(
+                "model",
+                f"only Linear and Conv2d layers for {method!r} (elementwise layers pass gradients exactly)",
+                f"{name or 'the model'!r}: {type(module).__name__}, which has no feedback rule",
+                f"use 'bp', or {', '.join(BLOCK_METHODS)} on chain blocks",
+            )
+        why = unsupported(module) if isinstance(module, nn.Conv2d) else None
+        if why is not None:
+            raise fail("model", f"layers with a feedback rule for {method!r}", f"{name!r}: {why}", "use 'bp'")
+    layers: dict[str, nn.Module] = {
+        n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    }
+    if not layers:
+        raise fail("model", f"Linear or Conv2d layers for method {method!r}", "none", "use method='bp'")
+    return layers
+
+
+def _layer_swap(lb: LinearBackward, name: str, layer: nn.Module):  # type: ignore[no-untyped-def]
+    def gradient_below(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return send_below(layer, lb.feedback[name], grad, x)
+
+    inner = swap_backward(gradient_below, local=True)
+
+    def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = layer.weight
+        assert isinstance(weight, torch.Tensor)
+        if name not in lb.fixed:
+            lb.fixed[name] = fixed_part(lb.method, weight, lb.generator)
+        lb.feedback[name] = feedback_matrix(lb.method, weight, lb.generator, lb.fixed[name])
+        return inner(x, y)
+
+    return swap
+
+
+def _block_swap(lb: LinearBackward, block: Block):  # type: ignore[no-untyped-def]
+    """expected-mask: grad_in = grad_out·W_L·diag(E σ')·…·W_1, E σ' a running mean over batches."""
+
+    def gradient_below(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        M = lb.feedback[block.label].to(grad.dtype)
+        return (grad.reshape(-1, M.shape[0]) @ M).reshape(x.shape)
+
+    inner = swap_backward(gradient_below, local=True)
+
+    def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        batch = mean_derivatives(block.layers(), to_rows(x.detach(), "shared"))
+        previous = lb.derivatives.get(block.label)
+        if previous is not None:
+            batch = {i: lb.momentum * previous[i] + (1 - lb.momentum) * s for i, s in batch.items()}
+        lb.derivatives[block.label] = batch
+        lb.feedback[block.label] = derivative_product(block.layers(), batch)
+        return inner(x, y)
+
+    return swap
+
+
+def _chain_blocks(model: nn.Module, blocks: Sequence[Block | str] | None) -> list[Block]:
+    chosen = (
+        Block.all(model)
+        if blocks is None
+        else [b if isinstance(b, Block) else Block.parse(model, b)[0] for b in blocks]
+    )
+    for block in chosen:
+        why = block.not_a_chain()
+        if why is not None:
+            raise fail(
+                "blocks",
+                "Linear/activation chains for 'expected-mask'",
+                f"block {block.label} has {why}",
+                "pick chain blocks, or a layer method (fa, usf, brsf, frsf, dfa)",
+            )
+    return chosen
+
+
+@contextmanager
+def linear_backward(
+    model: nn.Module,
+    method: str = "fa",
+    seed: int = 0,
+    blocks: Sequence[Block | str] | None = None,
+    shadow: bool = False,
+    momentum: float = 0.9,
+) -> Iterator[LinearBackward]:
+    """Within the body, every backward of `model` goes through the method's matrices.
+
+    Layer methods (fa, usf, brsf, frsf): each Linear/Conv2d layer sends δ·B below instead of δ·W.
+    dfa: the output error e goes to every layer's input as e·B_l (no layer sends anything below).
+    expected-mask: each chain block (default `Block.all(model)`) sends grad·W_L·diag(E σ')·…·W_1.
+    bp: nothing changes. shadow=True also measures, at every backward, the angle of each layer's
+    update to true backprop's (an extra exact forward and backward; the training is unchanged).
+    """
+    check_module("model", model)
+    check_choice("method", method, list(BACKWARD_METHODS))
+    lb = LinearBackward(model, method, seed, momentum)
+    with ExitStack() as stack:
+        if method in LAYER_METHODS:
+            for name, layer in _layers(model, method).items():
+                stack.enter_context(
+                    boundaries(Block(model, name), swap=_layer_swap(lb, name, layer), cut=True)
+                )
+        elif method == "dfa":
+            from .direct_feedback import direct_feedback
+
+            stack.enter_context(direct_feedback(lb, _layers(model, method)))
+        elif method in BLOCK_METHODS:
+            for block in _chain_blocks(model, blocks):
+                stack.enter_context(boundaries(block, swap=_block_swap(lb, block), cut=True))
+        if shadow:
+            lb.shadow = stack.enter_context(Shadow.watching(model, _layer_names(model)))
+        yield lb
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+def check_method(method: Any) -> str:
+    return check_choice("method", method, list(BACKWARD_METHODS))
