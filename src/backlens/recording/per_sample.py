@@ -298,6 +298,8 @@ def _why(trace: Trace, owner: str, reached: dict[str, bool]) -> str:
     if owner not in trace:
         return f"its module {owner or '(model)'!r} is not traced"
     kind = trace[owner].module_type
+    if not trace[owner].calls:
+        return f"{kind}: never called in this trace (a parent may use its weights: trace the parent)"
     if not reached.get(owner):
         return f"{kind}: no backward reached its calls in this trace (run loss.backward() inside it)"
     return f"{kind}: no per-sample rule (pass fallback='func')"
