@@ -114,9 +114,12 @@ def boundaries(
                 f"{block.label}: the model calls {block.start!r} itself, outside its Sequential",
                 "use single modules as blocks, or the module whose forward does the calling",
             )
-        if swap is not None or not copies:  # the real input, so gradients reach what lies below
+        if swap is not None:  # swapping: only the call in progress is kept (a training run is long)
+            seen.calls[:] = [Crossing(x, args[1:], dict(kwargs))]
+            return ((x.detach(), *args[1:]), kwargs) if cut else None
+        if not copies:  # the real input, so gradients reach what lies below
             seen.calls.append(Crossing(x, args[1:], dict(kwargs)))
-            return ((x.detach(), *args[1:]), kwargs) if cut and swap is not None else None
+            return None
         # Recorded: a copy the block cannot change (an in-place entry, ReLU(inplace=True), would
         # rewrite the input it was given); with alias_input, a leaf that only the block sees,
         # handed over as a copy so an in-place entry writes into that copy, not into the leaf.

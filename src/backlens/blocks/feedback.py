@@ -47,13 +47,14 @@ def init_bound(weight: torch.Tensor) -> float:
 
 def _uniform(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     bound = init_bound(weight)
-    draw = torch.rand(weight.shape, generator=generator, dtype=torch.float64)
-    return ((2 * draw - 1) * bound).to(weight.dtype)
+    draw = torch.rand(weight.shape, generator=generator, dtype=weight.dtype)  # the generator's CPU
+    return ((2 * draw - 1) * bound).to(weight.device)
 
 
 def _abs_normal(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     std = init_bound(weight) / math.sqrt(3)
-    return (torch.randn(weight.shape, generator=generator, dtype=torch.float64).abs() * std).to(weight.dtype)
+    draw = torch.randn(weight.shape, generator=generator, dtype=weight.dtype)  # the generator's CPU
+    return (draw.abs() * std).to(weight.device)
 
 
 def _sign(weight: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,8 @@ class _LinearBackward(torch.autograd.Function):
         return y.clone()  # a new tensor: an in-place op after the block must not reach y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
-        return None, ctx.backward_map(grad), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None]:  # type: ignore[override]
+        return None, ctx.backward_map(grad) if ctx.needs_input_grad[1] else None, None
 
 
 class _LocalAndMapped(torch.autograd.Function):
@@ -77,8 +77,9 @@ class _LocalAndMapped(torch.autograd.Function):
         return y.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
-        return grad, ctx.backward_map(grad), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:  # type: ignore[override]
+        # nothing below wants a gradient (the first layer, on data): send none, as backprop does
+        return grad, ctx.backward_map(grad) if ctx.needs_input_grad[1] else None, None
 
 
 def swap_backward(

@@ -120,10 +120,13 @@ def _forward(
 
 def _product(steps: tuple[Op, ...], diags: dict[int, torch.Tensor], d_in: int) -> torch.Tensor:
     """W_L·diag(s_{L−1})·…·W_1 with the given diagonal per activation step: (d_out, d_in)."""
-    J = torch.eye(d_in, dtype=torch.float64)
+    J: torch.Tensor | None = None  # None: the identity, never built (it costs a d_in² product)
     for i, step in enumerate(steps):
-        J = step.weight @ J if isinstance(step, Affine) else diags[i][:, None] * J
-    return J
+        if isinstance(step, Affine):
+            J = step.weight if J is None else step.weight @ J
+        else:
+            J = torch.diag(diags[i]) if J is None else diags[i][:, None] * J
+    return torch.eye(d_in, dtype=torch.float64) if J is None else J.clone()
 
 
 def make_map(
