@@ -19,16 +19,26 @@ from rich.console import Console
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+DIGITS_PLOT = README.parent / "docs" / "digits_error_vs_samples.png"
+PLOTS: dict[Path, bytes] = {}  # plots made by the last render, written next to README by main()
+
+
 def digits_run() -> str:
-    """`backlens abstract --data digits --layers 64,128,128,10 --activation relu --epochs 30`."""
+    """`backlens abstract --data digits --layers 64,128,128,10 --activation relu --epochs 30`: the
+    table, and its held-out error against samples (docs/digits_error_vs_samples.png, by main())."""
+    import tempfile
+
     from backlens.workflows.abstract import AbstractOptions, run_abstract
 
     console = Console(file=io.StringIO(), width=130, record=True, color_system=None)
-    run_abstract(
-        AbstractOptions(data="digits", layers="64,128,128,10", activation="relu", epochs=30), console
-    )
-    text = console.export_text()
-    return "\n".join(line.rstrip() for line in text.splitlines()).strip()
+    with tempfile.TemporaryDirectory() as out:
+        options = AbstractOptions(
+            data="digits", layers="64,128,128,10", activation="relu", epochs=30, out=out
+        )
+        run_abstract(options, console)
+        PLOTS[DIGITS_PLOT] = (Path(out) / "error_vs_samples.png").read_bytes()
+    lines = [line.rstrip() for line in console.export_text().splitlines() if not line.startswith("wrote ")]
+    return "\n".join(lines).strip()
 
 
 def transformer_run() -> str:
@@ -81,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     README.write_text(fresh, encoding="utf-8")
+    for path, data in PLOTS.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return 0
 
 

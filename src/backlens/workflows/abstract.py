@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import platform
+import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -18,8 +19,10 @@ from torch import nn
 from ..blocks.block import Block
 from ..blocks.collect import collect
 from ..blocks.compare import Fits, compare, fit_all
-from ..blocks.methods import DEFAULT_METHODS, fit_method, parse_methods
+from ..blocks.methods import DEFAULT_METHODS, PROBES, fit_method, parse_methods
 from ..errors import fail
+from ..linear import methods as names
+from ..linear.ridge import EffectiveSamplesWarning
 from ..linear.scores import score
 from .datasets import Dataset, load_dataset
 from .loaders import tensor_loader
@@ -30,7 +33,12 @@ from .train import Split, default_loss, loader, metric_name, split_dataset, task
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
 
 CURVE_SIZES = (5, 10, 20, 50, 100, 200, 500, 1000)
-ABSTRACT_METHODS = ",".join((*DEFAULT_METHODS, "reduced-rank:8"))
+ABSTRACT_METHODS = ",".join((*DEFAULT_METHODS, names.RIDGE_PROBE, names.RIDGE_DIRECTION, "reduced-rank:8"))
+# The sample-size curve's methods, per direction (ridge-probe and ridge-direction are backward only).
+CURVE_METHODS = {
+    "forward": (names.RIDGE, names.MEAN_JACOBIAN),
+    "backward": (names.RIDGE, names.RIDGE_PROBE, names.RIDGE_DIRECTION, names.MEAN_JACOBIAN),
+}
 
 
 @dataclass
@@ -54,6 +62,7 @@ class AbstractOptions:
     overwrite: bool = False
     batch_size: int = 32
     lr: float = 1e-3
+    probes: int = PROBES  # probe cotangents per training input, for ridge-probe
 
 
 def map_file_name(block: str, method: str, direction: str) -> str:
@@ -83,15 +92,32 @@ def sample_size_curve(
     test_collection: Any,
     loss: str,
     direction: str,
+    probes: int = PROBES,
+    methods: Any = None,
 ) -> list[dict[str, Any]]:
-    """Held-out rel. error of ridge and mean-Jacobian fitted on the first n training samples."""
+    """Held-out rel. error of each CURVE_METHODS method fitted on the first n training samples,
+    with the n and n_eff each fit saw (the block's table warns about small n_eff; here it is
+    the point, so EffectiveSamplesWarning stays quiet). `methods`: names asked for; ridge and
+    mean-jacobian are always drawn, ridge-probe and ridge-direction when asked (default: all)."""
     points = []
+    asked = (
+        set(CURVE_METHODS["backward"]) if methods is None else {*methods, names.RIDGE, names.MEAN_JACOBIAN}
+    )
+    curve_methods = [m for m in CURVE_METHODS[direction] if m in asked]
     sizes = sorted({n for n in CURVE_SIZES if n < len(train_x)} | {len(train_x)})
+    backward = direction == "backward"
     for n in sizes:
         subset = tensor_loader(train_x[:n], train_y[:n], batch_size=256)
-        col = collect(model, block, subset, direction, loss, show_progress=False)
-        for method in ("ridge", "mean-jacobian"):
-            lm = fit_method(method, block, col, direction)
+        extra: dict[str, Any] = {}
+        if backward and names.RIDGE_PROBE in curve_methods:
+            extra["probes"] = probes
+        if backward and names.RIDGE_DIRECTION in curve_methods:
+            extra["weighting"] = "direction"
+        col = collect(model, block, subset, direction, loss, show_progress=False, **extra)
+        for method in curve_methods:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EffectiveSamplesWarning)
+                lm = fit_method(method, block, col, direction)
             moments = test_collection.forward if direction == "forward" else test_collection.backward
             points.append(
                 {
@@ -99,6 +125,8 @@ def sample_size_curve(
                     "method": method,
                     "direction": direction,
                     "test_rel_error": float(score(lm, moments=moments).rel_error),
+                    "fit_n": lm.info.get("n"),
+                    "fit_n_eff": lm.info.get("n_eff"),
                 }
             )
     return points
@@ -156,7 +184,13 @@ def _block_entry(
 ) -> tuple[dict[str, Any], Fits]:
     """One block's rows (and, in the first run, its sample-size curve and spectra)."""
     train_loader, test_loader = loader(split.train, 256), loader(split.test, 256)
-    train_col = collect(model, block, train_loader, options.direction, loss, seed=seed)
+    asked = {m.name for m in parse_methods(options.methods)}
+    backward = options.direction in ("backward", "both")
+    extra = {
+        "probes": options.probes if backward and names.RIDGE_PROBE in asked else 0,
+        "weighting": "direction" if backward and names.RIDGE_DIRECTION in asked else None,
+    }
+    train_col = collect(model, block, train_loader, options.direction, loss, seed=seed, **extra)  # type: ignore[arg-type]
     test_col = collect(model, block, test_loader, options.direction, loss, seed=seed + 1)
     fits = fit_all(block, train_col, parse_methods(options.methods), options.direction)
     rows = compare(
@@ -181,7 +215,9 @@ def _block_entry(
         entry["curve"] = [
             p
             for d in directions
-            for p in sample_size_curve(model, block, split.train.x, split.train.y, test_col, loss, d)
+            for p in sample_size_curve(
+                model, block, split.train.x, split.train.y, test_col, loss, d, options.probes, asked
+            )
         ]
         entry["spectra"] = {
             f"{method}/{d}": torch.linalg.svdvals(lm.matrix.double()).tolist()

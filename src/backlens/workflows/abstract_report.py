@@ -11,15 +11,52 @@ from rich.table import Table
 from ..files import write_json
 from .plots import panels, save_figure, style_axes
 
-__all__ = ["print_run", "print_summary", "write_outputs", "verdict"]
+__all__ = ["print_run", "print_summary", "write_outputs", "verdict", "fits_its_data_only", "OVERFIT_RATIO"]
+
+# "Won on fitting data only": a method whose held-out error is more than OVERFIT_RATIO times its
+# error on the samples it was fitted on. Such a method learned those samples, not the block; when
+# it is also the best on fitting data while another method wins held out, the verdict says so.
+OVERFIT_RATIO = 2.0
 
 
 def _num(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+def _count(value: float | None) -> str:
+    """An effective sample size: whole from 100 on (1232), three digits below (10.8)."""
+    if value is None:
+        return "—"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def fits_its_data_only(row: dict[str, Any]) -> bool:
+    """Held-out rel. error > OVERFIT_RATIO × fitting rel. error (both known)."""
+    test, train = row.get("test_rel_error"), row.get("train_rel_error")
+    return test is not None and train is not None and test > OVERFIT_RATIO * train
+
+
+def _fitting_only_note(scored: list[dict[str, Any]], best: dict[str, Any]) -> str:
+    """'; ridge won on fitting data only (0.0271 fitting vs 0.185 held-out, n_eff 11 of 1,258)'."""
+    fitted = [r for r in scored if r.get("train_rel_error") is not None]
+    if not fitted:
+        return ""
+    top = min(fitted, key=lambda r: r["train_rel_error"])
+    if top["method"] == best["method"] or not fits_its_data_only(top):
+        return ""
+    seen = ""
+    if top.get("n_eff") is not None and top.get("n") is not None:
+        seen = f", n_eff {top['n_eff']:,.0f} of {top['n']:,}"
+    return (
+        f"; {top['method']} won on fitting data only "
+        f"({top['train_rel_error']:.3g} fitting vs {top['test_rel_error']:.3g} held-out{seen})"
+    )
+
+
 def verdict(rows: list[dict[str, Any]], direction: str) -> str:
-    """One line: which method has the least held-out relative error in this direction."""
+    """One line: which method has the least held-out relative error in this direction, and, if
+    the method best on fitting data is another whose held-out error exceeds OVERFIT_RATIO × its
+    fitting error, that it won on fitting data only."""
     scored = [
         r
         for r in rows
@@ -40,7 +77,8 @@ def verdict(rows: list[dict[str, Any]], direction: str) -> str:
     if runner:
         against += f" (next: {runner[0]['method']} {runner[0]['test_rel_error']:.3g})"
     error = best["test_rel_error"]
-    return f"{direction}: {best['method']} wins on held-out data, rel. error {error:.3g}{against}"
+    note = _fitting_only_note(scored, best)
+    return f"{direction}: {best['method']} wins on held-out data, rel. error {error:.3g}{against}{note}"
 
 
 def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
@@ -65,6 +103,8 @@ def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
             "cos",
             "in use",
             "‖Mb−Mfᵀ‖",
+            "n",
+            "n_eff",
         ):
             table.add_column(column, justify="left" if column in ("method", "dir") else "right")
         notes: dict[tuple[str, str], list[str]] = {}  # (method, reason) -> directions
@@ -86,6 +126,8 @@ def print_run(console: Console, run: dict[str, Any], options: Any) -> None:
                 _num(r["train_cosine"]),
                 in_use,
                 _num(r["consistency"], 2),
+                "—" if r.get("n") is None else str(r["n"]),
+                _count(r.get("n_eff")),
             )
         console.print(table)
         for (method, reason), directions in notes.items():
@@ -129,11 +171,12 @@ def _plot_curve(results: dict[str, Any], path: Path) -> Path:
     fig, axes = panels(len(blocks))
     for ax, block in zip(axes, blocks, strict=False):
         keys = list(dict.fromkeys((p["method"], p["direction"]) for p in block["curve"]))
+        colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(m for m, _ in keys))}  # one per method
         for method, direction in keys:
             pts = [p for p in block["curve"] if p["method"] == method and p["direction"] == direction]
             style = "-o" if direction == "forward" else "--s"
             x, y = [p["n"] for p in pts], [p["test_rel_error"] for p in pts]
-            ax.plot(x, y, style, label=f"{method} ({direction})")
+            ax.plot(x, y, style, color=colours[method], label=f"{method} ({direction})", markersize=4)
         style_axes(
             ax,
             "training samples used to fit",
