@@ -1,0 +1,406 @@
+"""`backlens train`: train one model per backward method (bp, fa, dfa, sign symmetry, expected-mask)
+from the same initialisation and data order, per seed, and record how each learns.
+
+Optimiser: Adam (torch.optim.Adam, default lr 1e-3) on the update each method leaves in .grad.
+Per epoch: mean training loss, test loss, test metric (accuracy for classes, MSE otherwise) and
+training steps/s. With shadow, the angle per layer between the method's update and true
+backprop's (`blocks.shadow.Shadow`) at about SHADOW_POINTS steps an epoch. A NaN/Inf loss stops
+that run before its step is taken: the run keeps the epochs it finished and says at which step.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from torch import nn
+
+from ..blocks.linear_backward import BACKWARD_METHODS, linear_backward
+from ..blocks.shadow import Shadow
+from ..byhand.losses import get_loss, torch_loss
+from ..errors import BacklensError, check_choice, check_positive_int, fail
+from .datasets import Dataset, load_dataset
+from .mlp import ACTIVATIONS, build_mlp, parse_widths
+from .mnist import load_mnist
+from .train import Split, default_loss, loader, split_dataset
+from .zoo import ARCHITECTURES
+from .zoo_data import torch_threads
+
+__all__ = [
+    "TrainOptions",
+    "TrainData",
+    "Prepared",
+    "run_train",
+    "prepare",
+    "train_one",
+    "evaluate",
+    "summarize",
+    "load_mnist",
+    "parse_backward",
+    "ARCH_CHOICES",
+]
+
+ARCH_CHOICES = ("mlp", "cnn")
+DATA_CHOICES = ("digits", "mnist")  # or a path ending in .csv
+TEST_SIZE = 0.2
+SHADOW_POINTS = 10  # alignment measurements per epoch, evenly spaced over its steps
+DEFAULT_HIDDEN = (128, 128)  # the MLP's hidden widths when no layers are given
+
+
+@dataclass
+class TrainOptions:
+    """Everything `backlens train` takes."""
+
+    data: str = "digits"
+    arch: str = "mlp"
+    layers: str | None = None  # MLP widths 'in,h1,...,out'; default in,128,128,out
+    activation: str = "relu"
+    backward: str = ",".join(BACKWARD_METHODS)
+    epochs: int = 10
+    seeds: int = 1
+    seed: int = 0  # the first seed; runs use seed, seed + 1, ...
+    lr: float = 1e-3
+    batch_size: int = 64
+    shadow: bool = False
+    threads: int | None = 1  # torch's intra-op threads while training (None: unchanged); see torch_threads
+    out: str | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The split a run trains and tests on, and the loss its task takes."""
+
+    split: Split
+    loss: str
+    metric: str  # the loss's metric name: 'accuracy' or 'mse'
+
+
+def parse_backward(text: Any) -> list[str]:
+    """'bp,fa,dfa' -> ['bp', 'fa', 'dfa'], each one of BACKWARD_METHODS, none twice."""
+    if not isinstance(text, str) or not text.strip():
+        raise fail("backward", "comma-separated methods, e.g. 'bp,fa'", repr(text), "name at least one")
+    methods = [m.strip() for m in text.split(",")]
+    for method in methods:
+        check_choice("backward", method, list(BACKWARD_METHODS))
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise fail("backward", "each method once", f"{', '.join(twice)} more than once", "drop the repeats")
+    return methods
+
+
+def _check_lr(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise fail("lr", "a positive finite learning rate", repr(lr), "pass e.g. lr=1e-3")
+    return float(lr)
+
+
+def _check_out(options: TrainOptions) -> Path | None:
+    """The run directory: new or empty, or overwrite=True (the rule of `backlens abstract`)."""
+    if options.out is None:
+        return None
+    out = Path(options.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not options.overwrite:
+        raise fail(
+            "out",
+            "an empty or new directory",
+            f"{out} holding an earlier run",
+            "pick another directory or pass overwrite=True (--overwrite)",
+        )
+    return out
+
+
+def _dataset(options: TrainOptions) -> Dataset:
+    if options.data == "mnist":
+        return load_mnist()
+    if options.data == "digits" or options.data.endswith(".csv"):
+        return _load(options.data)
+    raise fail(
+        "data",
+        "one of " + ", ".join(DATA_CHOICES) + " or a path ending in .csv",
+        repr(options.data),
+        "pick a listed name or a CSV file",
+    )
+
+
+def _load(name: str) -> Dataset:
+    try:
+        return load_dataset(name)
+    except BacklensError as error:  # load_dataset names its argument 'name': here it is 'data'
+        argument = "data" if error.argument == "name" else error.argument
+        raise fail(argument, error.expected, error.got, error.fix) from None
+
+
+def _widths(options: TrainOptions, data: Dataset) -> list[int]:
+    if options.layers is None:
+        return data.fitted_widths([0, *DEFAULT_HIDDEN, 0])
+    widths = parse_widths(options.layers)
+    data.check_widths(widths)
+    return widths
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What validation yields: the methods, the loaded dataset and the model builder."""
+
+    methods: list[str]
+    dataset: Dataset
+    build: Callable[[int], nn.Module]  # build(seed): the same initial weights for every method
+
+
+def prepare(options: TrainOptions) -> Prepared:
+    """Validate every option, load the data and open each method's context once on a fresh model
+    (so a method that cannot handle it fails now). Raises BacklensError before any training."""
+    methods = parse_backward(options.backward)
+    check_choice("arch", options.arch, list(ARCH_CHOICES))
+    check_positive_int("epochs", options.epochs)
+    check_positive_int("seeds", options.seeds)
+    check_positive_int("batch_size", options.batch_size)
+    if options.threads is not None:
+        check_positive_int("threads", options.threads)
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int):
+        raise fail("seed", "an int", repr(options.seed), "pass e.g. seed=0")
+    _check_lr(options.lr)
+    check_choice("activation", options.activation, list(ACTIVATIONS))
+    _check_out(options)
+    data = _dataset(options)
+    build = _builder(options, data)
+    for method in methods:  # a method that cannot handle the model says so now, not mid-run
+        with linear_backward(build(options.seed), method, seed=options.seed):
+            pass
+    return Prepared(methods, data, build)
+
+
+def _builder(options: TrainOptions, data: Dataset) -> Callable[[int], nn.Module]:
+    if options.arch == "mlp":
+        widths = _widths(options, data)
+        return lambda seed: build_mlp(widths, options.activation, seed=seed)
+    if options.data != "digits":
+        raise fail(
+            "arch",
+            "'cnn' on digits (1×8×8 images) only",
+            f"'cnn' with data {options.data!r}",
+            "use data='digits' with arch='cnn', or arch='mlp'",
+        )
+    if options.layers is not None:
+        raise fail(
+            "layers", "None for arch='cnn' (widths are for the MLP)", repr(options.layers), "leave it out"
+        )
+    if options.activation != "relu":
+        raise fail(
+            "activation",
+            "'relu' for arch='cnn' (its stages are conv-BN-ReLU)",
+            repr(options.activation),
+            "leave it out",
+        )
+    return lambda seed: ARCHITECTURES["cnn"].build(seed=seed)
+
+
+def train_data(options: TrainOptions, data: Dataset, seed: int) -> TrainData:
+    split = split_dataset(data, TEST_SIZE, seed=seed)
+    if options.arch == "cnn":  # digits rows are row-major 8×8 images
+        image = lambda d: Dataset(d.name, d.x.reshape(-1, 1, 8, 8), d.y, d.task, d.n_classes)  # noqa: E731
+        split = Split(image(split.train), image(split.test))
+    loss = default_loss(data)
+    return TrainData(split, loss, get_loss(loss).metric_name)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, loss: str) -> tuple[float, float]:
+    """(mean loss, task metric) over the dataset, in eval mode (BatchNorm uses its running stats);
+    the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_fn, metric = torch_loss(loss), get_loss(loss).metric
+    total_loss = total_metric = 0.0
+    try:
+        for xb, yb in loader(data, 1024):
+            out = model(xb)
+            total_loss += float(loss_fn(out, yb)) * len(xb)
+            total_metric += metric(out, yb) * len(xb)
+    finally:
+        model.train(was_training)
+    n = len(data.x)
+    return total_loss / n, total_metric / n
+
+
+def _own_parameter_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that hold parameters of their own (the layers shadow mode measures)."""
+    return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _final(model: nn.Module, data: Dataset, loss: str) -> float | None:
+    """The task metric, or None when the model's loss is not finite (its metric would mean nothing)."""
+    value, metric = evaluate(model, data, loss)
+    return metric if math.isfinite(value) and math.isfinite(metric) else None
+
+
+def train_one(
+    model: nn.Module,
+    method: str,
+    data: TrainData,
+    options: TrainOptions,
+    seed: int,
+    advance: Any = None,
+) -> dict[str, Any]:
+    """Train `model` with `method`'s backward; the run's record (see the module docstring)."""
+    loss_fn = torch_loss(data.loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    train = data.split.train
+    steps_per_epoch = math.ceil(len(train.x) / options.batch_size)
+    every = max(1, steps_per_epoch // SHADOW_POINTS)
+    layers = _own_parameter_layers(model)
+    epochs: list[dict[str, Any]] = []
+    angles: dict[str, list[float | None]] = {n: [] for n in layers}
+    shadow_steps: list[int] = []
+    stopped: dict[str, Any] | None = None
+    step, train_time = 0, 0.0
+    kept = _snapshot(model)  # the last finished epoch's weights: what a stopped run keeps
+    model.train()
+    with linear_backward(model, method, seed=seed) as lb:
+        for epoch in range(options.epochs):
+            total, start = 0.0, time.perf_counter()
+            for xb, yb in loader(train, options.batch_size, shuffle=True, seed=1000 * seed + epoch):
+                optimizer.zero_grad(set_to_none=True)
+                measure = options.shadow and step % every == 0
+                with Shadow.watching(model, layers) if measure else nullcontext() as watch:
+                    value = loss_fn(model(xb), yb)
+                    if not torch.isfinite(value):
+                        stopped = {"step": step, "epoch": epoch, "loss": str(value.item())}
+                        break
+                    value.backward()
+                if watch is not None:
+                    shadow_steps.append(step)
+                    for name in layers:
+                        got = watch.angles.get(name, [math.nan])[-1]
+                        angles[name].append(_finite(got))
+                optimizer.step()
+                total += value.item() * len(xb)
+                step += 1
+            seconds = time.perf_counter() - start
+            train_time += seconds
+            if stopped is not None:
+                break
+            kept = _snapshot(model)
+            test_loss, test_metric = evaluate(model, data.split.test, data.loss)
+            epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": total / len(train.x),
+                    "test_loss": _finite(test_loss),
+                    "test_metric": _finite(test_metric),
+                    "steps_per_s": steps_per_epoch / seconds,
+                }
+            )
+            if advance is not None:
+                advance(method, seed, epochs[-1])
+    del lb
+    if stopped is not None:
+        model.load_state_dict(kept)
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    final_train, final_test = (_final(model, part, data.loss) for part in (train, data.split.test))
+    return {
+        "method": method,
+        "seed": seed,
+        "steps": step,
+        "steps_per_s": step / train_time if train_time > 0 else None,
+        "epochs": epochs,
+        "final": {"train_metric": final_train, "test_metric": final_test},
+        "stopped": stopped,
+        "alignment": {"steps": shadow_steps, "layers": angles} if options.shadow else None,
+    }
+
+
+def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
+    kept = [v for v in values if v is not None]
+    return (float(np.mean(kept)), float(np.std(kept))) if kept else (None, None)
+
+
+def summarize(runs: list[dict[str, Any]], methods: list[str], metric: str) -> list[dict[str, Any]]:
+    """Per method: mean and std over seeds of the final train and test metric and of steps/s."""
+    rows = []
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        row: dict[str, Any] = {"method": method, "metric": metric, "seeds": len(mine)}
+        for key in ("train_metric", "test_metric"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _stat([r["final"][key] for r in mine])
+        if metric == "accuracy" and row["test_metric_mean"] is not None:
+            row["test_error_mean"] = 1 - row["test_metric_mean"]
+            row["test_error_std"] = row["test_metric_std"]
+        row["steps_per_s_mean"], row["steps_per_s_std"] = _stat([r["steps_per_s"] for r in mine])
+        row["stopped"] = [{"seed": r["seed"], **r["stopped"]} for r in mine if r["stopped"] is not None]
+        rows.append(row)
+    return rows
+
+
+def run_train(options: TrainOptions, console: Console | None = None) -> dict[str, Any]:
+    """Validate, train every (seed, method) pair, print the table, write results.json and plots."""
+    from .train_backward_report import print_summary, write_outputs
+
+    console = console or Console()
+    prepared = prepare(options)
+    methods = prepared.methods
+    out = _check_out(options)
+    seeds = [options.seed + k for k in range(options.seeds)]
+    runs = []
+    total = len(seeds) * len(methods) * options.epochs
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("training", total=total)
+
+        def advance(method: str, seed: int, epoch: dict[str, Any]) -> None:
+            progress.update(
+                task,
+                advance=1,
+                description=f"{method} seed {seed} epoch {epoch['epoch']}: loss {epoch['train_loss']:.4f}",
+            )
+
+        for seed in seeds:
+            split = train_data(options, prepared.dataset, seed)
+            for method in methods:
+                with torch_threads(options.threads):
+                    runs.append(train_one(prepared.build(seed), method, split, options, seed, advance))
+                if runs[-1]["stopped"] is not None:
+                    s, kept = runs[-1]["stopped"], len(runs[-1]["epochs"])
+                    console.print(
+                        f"[yellow]{method} seed {seed}: loss {s['loss']} at step {s['step']} "
+                        f"(epoch {s['epoch'] + 1}); stopped, keeping {kept} finished epochs[/yellow]"
+                    )
+    metric = get_loss(default_loss(prepared.dataset)).metric_name
+    results = {
+        "options": asdict(options),
+        "optimizer": f"Adam(lr={options.lr})",
+        "batch_size": options.batch_size,
+        "test_size": TEST_SIZE,
+        "metric": metric,
+        "methods": methods,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
+        "runs": runs,
+        "summary": summarize(runs, methods, metric),
+    }
+    print_summary(console, results)
+    if out is not None:
+        write_outputs(console, results, out)
+    return results
