@@ -12,6 +12,8 @@ from torch.nn import functional as F
 
 import backlens
 from backlens.recording.per_sample import RULES, PartialNormWarning, rule_for
+from backlens.recording.per_sample_base import CallData
+from backlens.recording.per_sample_conv import conv_grads_by_unfold
 
 
 class TinyTransformer(nn.Module):
@@ -255,3 +257,8 @@ def test_conv_hyperparameters(
     for key, g in grads.items():
         assert rel_err(g, ref[key]) <= 1e-12, key
     assert rel_err(rec.per_sample_grad_norms(), norms_of(ref)) <= 1e-12
+    if not transposed:  # the unfold + einsum form equals the grouped-convolution one
+        calls = [CallData("c", c.inputs, c.outputs, c.grad_outputs) for c in rec[""].calls]
+        unfolded = conv_grads_by_unfold(layer, calls, float(n), frozenset(grads))
+        for key, g in grads.items():
+            assert rel_err(unfolded[key], g) <= 1e-12, key
