@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn import grad as nn_grad
 
 from ..errors import fail
 from .per_sample_base import CallData, first_pairs
@@ -127,7 +128,7 @@ def _conv_factors(module: Any, calls: Sequence[CallData]) -> tuple[list[torch.Te
     return patches, deltas
 
 
-WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+WEIGHT_GRAD = {1: nn_grad.conv1d_weight, 2: nn_grad.conv2d_weight, 3: nn_grad.conv3d_weight}
 
 
 def _weight_by_grouped_conv(module: Any, calls: Sequence[CallData], start: int, stop: int) -> torch.Tensor:
