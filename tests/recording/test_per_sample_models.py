@@ -262,3 +262,16 @@ def test_conv_hyperparameters(
         unfolded = conv_grads_by_unfold(layer, calls, float(n), frozenset(grads))
         for key, g in grads.items():
             assert rel_err(unfolded[key], g) <= 1e-12, key
+
+
+def test_a_loaded_record_covers_its_linear_layers_and_names_the_rest(tmp_path) -> None:  # noqa: ANN001
+    model = tiny_cnn().double()
+    x, y = torch.randn(3, 1, 10, 10, dtype=torch.float64), torch.randint(0, 3, (3,))
+    rec = traced_step(model, x, y, ce("mean"))
+    loaded = backlens.load_record(rec.save(tmp_path / "rec.safetensors"))
+    assert loaded.model is None
+    with pytest.raises(backlens.BacklensError, match=r"0\.weight \(Conv2d: a loaded record keeps no model"):
+        loaded.per_sample_grad_norms()
+    ref = func_grads(model, x, y, ce("mean"))
+    got = loaded.per_sample_grad_norms(names=["7", "9"])
+    assert rel_err(got, norms_of({k: v for k, v in ref.items() if k[0] in "79"})) <= 1e-12

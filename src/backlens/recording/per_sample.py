@@ -245,7 +245,10 @@ def _plan(trace: Trace, names: Sequence[str] | None, extra: Rule | None) -> tupl
                 continue
             reached = _calls(trace, record) if record.calls else None
             if rule is None or reached is None:
-                why = "no per-sample rule" if rule is None else "no backward reached its calls in this trace"
+                why = "no backward reached its calls in this trace"
+                if rule is None:
+                    why = "no per-sample rule" if module is not None else "a loaded record keeps no model"
+                    why += " (only nn.Linear needs none)" if module is None else ""
                 left_out += [f"{_join(mname, k)} ({record.module_type}: {why})" for k in trainable]
                 continue
             plan[mname] = (rule, trainable)
