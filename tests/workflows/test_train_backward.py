@@ -80,6 +80,7 @@ def test_run_writes_table_json_and_plots_with_shadow(tmp_path: Path) -> None:
     bp = next(r for r in results["runs"] if r["method"] == "bp")
     fa = next(r for r in results["runs"] if r["method"] == "fa")
     assert set(bp["alignment"]["layers"]) == {"0", "2", "4"} and len(bp["alignment"]["steps"]) >= 10
+    assert bp["alignment"]["kinds"] == {"0": "Linear", "2": "Linear", "4": "Linear"}
     assert all(a < 1e-3 for a in bp["alignment"]["layers"]["0"])  # bp's own update is the gradient
     assert all(a > 1 for a in fa["alignment"]["layers"]["0"])  # fa's first layer is not
     assert all(a < 1e-3 for a in fa["alignment"]["layers"]["4"])  # the output layer's is
@@ -152,3 +153,9 @@ def test_a_stopped_run_keeps_the_last_finished_epochs_weights(monkeypatch) -> No
     run = tb.train_one(model, "bp", data, options(epochs=2), 0)
     assert run["stopped"]["step"] == 14 and len(run["epochs"]) == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_default_methods_are_those_that_apply_to_the_model() -> None:
+    mlp = tb.prepare(options(backward=None)).methods
+    cnn = tb.prepare(tb.TrainOptions(arch="cnn")).methods
+    assert mlp == list(BACKWARD_METHODS) and cnn == [m for m in BACKWARD_METHODS if m != "expected-mask"]

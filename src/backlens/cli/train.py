@@ -43,8 +43,13 @@ def train_command(
     ] = None,
     activation: Annotated[str, typer.Option(help="MLP activation: " + ", ".join(ACTIVATIONS))] = "relu",
     backward: Annotated[
-        str, typer.Option(help="Comma-separated backward methods, from: " + ", ".join(BACKWARD_METHODS))
-    ] = ",".join(BACKWARD_METHODS),
+        str | None,
+        typer.Option(
+            help="Comma-separated backward methods, from: "
+            + ", ".join(BACKWARD_METHODS)
+            + " (default: every one that applies to the model)"
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 10,
     seeds: Annotated[
         int, typer.Option(help="Seeds seed..seed+K-1 (init, split, data order); mean ± std")

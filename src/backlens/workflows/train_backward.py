@@ -4,8 +4,9 @@ from the same initialisation and data order, per seed, and record how each learn
 Optimiser: Adam (torch.optim.Adam, default lr 1e-3) on the update each method leaves in .grad.
 Per epoch: mean training loss, test loss, test metric (accuracy for classes, MSE otherwise) and
 training steps/s. With shadow, the angle per layer between the method's update and true
-backprop's (`blocks.shadow.Shadow`) at about SHADOW_POINTS steps an epoch. A NaN/Inf loss stops
-that run before its step is taken: the run keeps the epochs it finished and says at which step.
+backprop's (`blocks.shadow.Shadow`) at about SHADOW_POINTS steps an epoch (steps/s then includes
+the measuring). A NaN/Inf loss stops that run before its step is taken: the run keeps the epochs
+it finished, ends with the weights of the last one and says at which step.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ __all__ = [
     "prepare",
     "train_one",
     "evaluate",
-    "summarize",
     "load_mnist",
     "parse_backward",
     "ARCH_CHOICES",
@@ -65,7 +65,7 @@ class TrainOptions:
     arch: str = "mlp"
     layers: str | None = None  # MLP widths 'in,h1,...,out'; default in,128,128,out
     activation: str = "relu"
-    backward: str = ",".join(BACKWARD_METHODS)
+    backward: str | None = None  # comma-separated; None: every method that applies to the model
     epochs: int = 10
     seeds: int = 1
     seed: int = 0  # the first seed; runs use seed, seed + 1, ...
@@ -161,7 +161,7 @@ class Prepared:
 def prepare(options: TrainOptions) -> Prepared:
     """Validate every option, load the data and open each method's context once on a fresh model
     (so a method that cannot handle it fails now). Raises BacklensError before any training."""
-    methods = parse_backward(options.backward)
+    methods = None if options.backward is None else parse_backward(options.backward)
     check_choice("arch", options.arch, list(ARCH_CHOICES))
     check_positive_int("epochs", options.epochs)
     check_positive_int("seeds", options.seeds)
@@ -175,10 +175,20 @@ def prepare(options: TrainOptions) -> Prepared:
     _check_out(options)
     data = _dataset(options)
     build = _builder(options, data)
+    if methods is None:
+        methods = [m for m in BACKWARD_METHODS if _applies(build, m, options.seed)]
     for method in methods:  # a method that cannot handle the model says so now, not mid-run
         with linear_backward(build(options.seed), method, seed=options.seed):
             pass
     return Prepared(methods, data, build)
+
+
+def _applies(build: Callable[[int], nn.Module], method: str, seed: int) -> bool:
+    try:
+        with linear_backward(build(seed), method, seed=seed):
+            return True
+    except BacklensError:
+        return False
 
 
 def _builder(options: TrainOptions, data: Dataset) -> Callable[[int], nn.Module]:
@@ -268,6 +278,7 @@ def train_one(
     steps_per_epoch = math.ceil(len(train.x) / options.batch_size)
     every = max(1, steps_per_epoch // SHADOW_POINTS)
     layers = _own_parameter_layers(model)
+    kinds = {n: type(model.get_submodule(n)).__name__ for n in layers}
     epochs: list[dict[str, Any]] = []
     angles: dict[str, list[float | None]] = {n: [] for n in layers}
     shadow_steps: list[int] = []
@@ -275,7 +286,7 @@ def train_one(
     step, train_time = 0, 0.0
     kept = _snapshot(model)  # the last finished epoch's weights: what a stopped run keeps
     model.train()
-    with linear_backward(model, method, seed=seed) as lb:
+    with linear_backward(model, method, seed=seed):
         for epoch in range(options.epochs):
             total, start = 0.0, time.perf_counter()
             for xb, yb in loader(train, options.batch_size, shuffle=True, seed=1000 * seed + epoch):
@@ -312,7 +323,6 @@ def train_one(
             )
             if advance is not None:
                 advance(method, seed, epochs[-1])
-    del lb
     if stopped is not None:
         model.load_state_dict(kept)
     model.eval()
@@ -326,35 +336,13 @@ def train_one(
         "epochs": epochs,
         "final": {"train_metric": final_train, "test_metric": final_test},
         "stopped": stopped,
-        "alignment": {"steps": shadow_steps, "layers": angles} if options.shadow else None,
+        "alignment": {"steps": shadow_steps, "layers": angles, "kinds": kinds} if options.shadow else None,
     }
-
-
-def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
-    kept = [v for v in values if v is not None]
-    return (float(np.mean(kept)), float(np.std(kept))) if kept else (None, None)
-
-
-def summarize(runs: list[dict[str, Any]], methods: list[str], metric: str) -> list[dict[str, Any]]:
-    """Per method: mean and std over seeds of the final train and test metric and of steps/s."""
-    rows = []
-    for method in methods:
-        mine = [r for r in runs if r["method"] == method]
-        row: dict[str, Any] = {"method": method, "metric": metric, "seeds": len(mine)}
-        for key in ("train_metric", "test_metric"):
-            row[f"{key}_mean"], row[f"{key}_std"] = _stat([r["final"][key] for r in mine])
-        if metric == "accuracy" and row["test_metric_mean"] is not None:
-            row["test_error_mean"] = 1 - row["test_metric_mean"]
-            row["test_error_std"] = row["test_metric_std"]
-        row["steps_per_s_mean"], row["steps_per_s_std"] = _stat([r["steps_per_s"] for r in mine])
-        row["stopped"] = [{"seed": r["seed"], **r["stopped"]} for r in mine if r["stopped"] is not None]
-        rows.append(row)
-    return rows
 
 
 def run_train(options: TrainOptions, console: Console | None = None) -> dict[str, Any]:
     """Validate, train every (seed, method) pair, print the table, write results.json and plots."""
-    from .train_backward_report import print_summary, write_outputs
+    from .train_backward_report import print_summary, summarize, write_outputs
 
     console = console or Console()
     prepared = prepare(options)

@@ -1,5 +1,5 @@
-"""The table, results.json and PNG plots of `backlens train`: learning curves per method and,
-with shadow mode, each layer's alignment angle to true backprop over training."""
+"""The summary over seeds, the table, results.json and PNG plots of `backlens train`: learning
+curves per method and, with shadow mode, each layer's alignment angle to true backprop over training."""
 
 from __future__ import annotations
 
@@ -8,13 +8,43 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 from rich.console import Console
 from rich.table import Table
 
 from ..files import write_json
 from .plots import panels, save_figure, style_axes
 
-__all__ = ["print_summary", "write_outputs", "plot_learning_curves", "plot_alignment", "mean_std"]
+__all__ = [
+    "summarize",
+    "print_summary",
+    "write_outputs",
+    "plot_learning_curves",
+    "plot_alignment",
+    "mean_std",
+]
+
+
+def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
+    kept = [v for v in values if v is not None]
+    return (float(np.mean(kept)), float(np.std(kept))) if kept else (None, None)
+
+
+def summarize(runs: list[dict[str, Any]], methods: list[str], metric: str) -> list[dict[str, Any]]:
+    """Per method: mean and std over seeds of the final train and test metric and of steps/s."""
+    rows = []
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        row: dict[str, Any] = {"method": method, "metric": metric, "seeds": len(mine)}
+        for key in ("train_metric", "test_metric"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _stat([r["final"][key] for r in mine])
+        if metric == "accuracy" and row["test_metric_mean"] is not None:
+            row["test_error_mean"] = 1 - row["test_metric_mean"]
+            row["test_error_std"] = row["test_metric_std"]
+        row["steps_per_s_mean"], row["steps_per_s_std"] = _stat([r["steps_per_s"] for r in mine])
+        row["stopped"] = [{"seed": r["seed"], **r["stopped"]} for r in mine if r["stopped"] is not None]
+        rows.append(row)
+    return rows
 
 
 def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
@@ -76,8 +106,10 @@ def mean_std(series: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray, 
     return np.array(xs, dtype=int), np.array(means), np.array(stds)
 
 
-def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, label: str, color: str) -> None:
-    ax.plot(x, mean, "-o", ms=3, color=color, label=label)
+def _band(
+    ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, label: str, color: str, marker: str = "o"
+) -> None:
+    ax.plot(x, mean, "-", marker=marker, ms=3, lw=1.2, color=color, label=label)
     if len(x) and std.any():
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, lw=0)
 
@@ -96,8 +128,10 @@ def plot_learning_curves(results: dict[str, Any], path: Path) -> Path:
     for ax, title in zip(axes, titles, strict=True):
         style_axes(ax, "epoch", title, f"{title} per epoch")
     axes[0].set_yscale("linear")  # accuracy: differences near 1 read better on a linear scale
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     o = results["options"]
-    fig.suptitle(f"Learning curves — {o['data']}, {o['arch']}, mean ± std over {o['seeds']} seed(s)")
+    fig.suptitle(f"Learning curves — {o['data']}, {o['arch']}, mean ± std over {o['seeds']} seed(s)", y=1.02)
     return save_figure(fig, path)
 
 
@@ -117,12 +151,23 @@ def plot_alignment(results: dict[str, Any], path: Path) -> Path | None:
         for ax, layer in zip(axes, layers, strict=True):
             x, mean, std = mean_std([r["alignment"]["layers"][layer] for r in runs])
             if len(x):
-                _band(ax, np.array(steps)[x], mean, std, method, f"C{i}")
-    for ax, layer in zip(axes, layers, strict=True):
-        style_axes(ax, "training step", "angle to backprop (°)", f"layer {layer}")
+                _band(ax, np.array(steps)[x], mean, std, method, f"C{i}", marker="")
+    kinds = measured[0]["alignment"].get("kinds", {})
+    for k, (ax, layer) in enumerate(zip(axes, layers, strict=True)):
+        kind = f" ({kinds[layer]})" if layer in kinds else ""
+        style_axes(ax, "training step", "angle to backprop (°)" if k == 0 else "", f"layer {layer}{kind}")
         ax.set_yscale("linear")
+        ax.set_ylim(-4, 135)  # bp sits at 0°: keep its line off the axis
         ax.axhline(90, color="grey", lw=0.8, ls=":")
-    fig.suptitle("Alignment: angle between each method's update and the true gradient (90° = orthogonal)")
+        legend = ax.get_legend()
+        if k > 0 and legend is not None:
+            legend.remove()  # one legend, on the first panel
+    o = results["options"]
+    fig.suptitle(
+        f"Alignment of each method's update with the true gradient — {o['data']}, {o['arch']}, "
+        f"mean ± std over {o['seeds']} seed(s) (0° = backprop, 90° = orthogonal)",
+        y=1.03,
+    )
     return save_figure(fig, path)
 
 
