@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -275,3 +277,46 @@ def test_a_loaded_record_covers_its_linear_layers_and_names_the_rest(tmp_path) -
     ref = func_grads(model, x, y, ce("mean"))
     got = loaded.per_sample_grad_norms(names=["7", "9"])
     assert rel_err(got, norms_of({k: v for k, v in ref.items() if k[0] in "79"})) <= 1e-12
+
+
+def test_a_reparametrized_layer_is_not_covered_silently() -> None:
+    """weight_norm puts weight_g and weight_v on the Linear: its rule knows only weight and bias."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated, but in use: the old hook form
+        torch.nn.utils.weight_norm(model[0])
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    rec = traced_step(model, x, y, mse("mean"))
+    with pytest.raises(backlens.BacklensError, match=r"0\.weight_g .*does not know this parameter"):
+        rec.per_sample_grad_norms()
+    with pytest.raises(backlens.BacklensError, match="weight_g, weight_v"):
+        rec.per_sample_grads("0")
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()  # the same function
+    g, v = model[0].weight_g.detach(), model[0].weight_v.detach()
+    with torch.no_grad():
+        plain[0].weight.copy_(g * v / v.norm(dim=1, keepdim=True))
+        plain[0].bias.copy_(model[0].bias)
+        plain[2].load_state_dict(model[2].state_dict())
+    ref = func_grads(plain, x, y, mse("mean"))
+    grads = rec.per_sample_grads("0", fallback="func")
+    assert set(grads) == {"weight_g", "weight_v", "bias"}
+    # the chain rule through w = g·v/‖v‖, sample by sample, from the plain layer's gradients
+    vn = v.norm(dim=1, keepdim=True)
+    want_g = (ref["0.weight"] * v / vn).sum(-1, keepdim=True)
+    want_v = g / vn * (ref["0.weight"] - want_g * v / vn)
+    assert rel_err(grads["weight_g"], want_g) <= 1e-12 and rel_err(grads["weight_v"], want_v) <= 1e-12
+    want = (want_g.flatten(1).square().sum(1) + want_v.flatten(1).square().sum(1)).sqrt()
+    rest = {k: w for k, w in ref.items() if k != "0.weight"}
+    total = (want.square() + norms_of(rest).square()).sqrt()
+    assert rel_err(rec.per_sample_grad_norms(fallback="func"), total) <= 1e-12
+
+
+def test_recomputing_rules_wait_for_the_trace_to_close() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), Scale(4)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with backlens.trace(model) as rec:
+        mse("mean")(model(x), torch.zeros(5, 4, dtype=torch.float64)).backward()
+        assert rec.per_sample_grads("0")  # a closed form: fine inside
+        with pytest.raises(backlens.BacklensError, match="after the `with"):
+            rec.per_sample_grads("1", fallback="func")
+    assert len(rec["1"].calls) == 1 and rec.per_sample_grads("1", fallback="func")

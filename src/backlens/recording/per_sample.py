@@ -65,9 +65,37 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.LayerNorm: Rule(layer_norm_grads, method="δ ⊙ x̂ summed over positions"),
     nn.GroupNorm: Rule(group_norm_grads, method="δ ⊙ x̂ summed over positions"),
     nn.RMSNorm: Rule(rms_norm_grads, method="δ ⊙ x̂ summed over positions"),
-    nn.MultiheadAttention: Rule(attention_grads, covers_children=True, method="torch.func over its forward"),
+    nn.MultiheadAttention: Rule(
+        attention_grads,
+        covers_children=True,
+        method="torch.func over its forward",
+        recomputes=True,
+        params=frozenset(
+            {"in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight"}
+            | {"bias_k", "bias_v", "out_proj.weight", "out_proj.bias"}
+        ),
+    ),
 }
-FUNC = Rule(func_grads, covers_children=True, method="torch.func vmap over the module's forward")
+FUNC = Rule(
+    func_grads,
+    covers_children=True,
+    method="torch.func vmap over the module's call",
+    params=None,
+    recomputes=True,
+)
+
+
+def _check_closed(trace: Trace, rule: Rule, name: str) -> None:
+    if rule.recomputes and trace.recording:
+        raise fail(
+            name,
+            "a trace whose `with` block has exited (this rule calls the module again, by torch.func)",
+            "a trace still recording",
+            "ask for the per-sample gradients after the `with backlens.trace(...)` block",
+        )
+
+
+OVERRIDES = ("forward", "_conv_forward")  # a subclass redefining one of these is not the base
 FALLBACKS: dict[str | None, Rule | None] = {None: None, "func": FUNC}
 
 
@@ -78,7 +106,8 @@ def rule_for(module: nn.Module | None, module_type: str) -> Rule | None:
     for base in type(module).__mro__:
         rule = RULES.get(base)  # type: ignore[arg-type]
         if rule is not None:
-            return rule if getattr(type(module), "forward", None) is getattr(base, "forward", None) else None
+            same = all(getattr(type(module), m, None) is getattr(base, m, None) for m in OVERRIDES)
+            return rule if same else None
     return None
 
 
@@ -155,6 +184,16 @@ def trace_grads(
             "trace with store='cpu' or 'device' and run the model inside the trace",
         )
     names = frozenset(_trainable(trace, record, module, rule.covers_children))
+    unknown = sorted(k for k in names if not rule.gives(k))
+    if unknown:
+        if extra is None:
+            raise fail(
+                "name",
+                f"a {record.module_type} with the parameters its rule knows",
+                f"{name!r} with {', '.join(unknown)} (a reparametrization such as weight_norm?)",
+                "pass fallback='func' (torch.func over the module's forward)",
+            )
+        rule = extra
     if not names:
         raise fail(
             "name",
@@ -171,6 +210,7 @@ def trace_grads(
             "run loss.backward() inside the trace",
         )
     scale = loss_scale(reduction, _batch(calls, module))
+    _check_closed(trace, rule, f"rec.per_sample_grads({name!r})")
     if out is not None:
         if rule is not RULES[nn.Linear]:
             raise fail("out", "None for a module other than nn.Linear", "buffers", "drop out=")
@@ -210,11 +250,12 @@ def trace_grad_norms(
     if left_out:
         warnings.warn(PartialNormWarning(left_out), stacklevel=3)
     total: torch.Tensor | None = None
-    for mname, (rule, params) in plan.items():
+    for (mname, _), (rule, params) in plan.items():
         module = trace.module(mname)
         calls = _calls(trace, trace[mname])
         assert calls is not None
         scale = loss_scale(reduction, _batch(calls, module))
+        _check_closed(trace, rule, f"rec.per_sample_grad_norms() for {mname!r}")
         sq = sq_norms_by_building(rule, module, calls, scale, frozenset(params))
         if total is not None and total.shape != sq.shape:
             raise fail(
@@ -228,7 +269,7 @@ def trace_grad_norms(
     return total.sqrt()
 
 
-Plan = dict[str, tuple[Rule, list[str]]]
+Plan = dict[tuple[str, bool], tuple[Rule, list[str]]]  # (module, by the fallback): rule, params
 
 
 def _plan(trace: Trace, names: Sequence[str] | None, extra: Rule | None) -> tuple[Plan, list[str]]:
@@ -251,7 +292,11 @@ def _plan(trace: Trace, names: Sequence[str] | None, extra: Rule | None) -> tupl
                     why += " (only nn.Linear needs none)" if module is None else ""
                 left_out += [f"{_join(mname, k)} ({record.module_type}: {why})" for k in trainable]
                 continue
-            plan[mname] = (rule, trainable)
+            unknown = [k for k in trainable if not rule.gives(k)]
+            left_out += [
+                f"{_join(mname, k)} ({record.module_type}: its rule does not know it)" for k in unknown
+            ]
+            plan[(mname, rule is extra)] = (rule, [k for k in trainable if rule.gives(k)])
         return plan, left_out
     model = trace.model
     owners: dict[int, list[str]] = {}
@@ -274,7 +319,9 @@ def _plan(trace: Trace, names: Sequence[str] | None, extra: Rule | None) -> tupl
                 left_out.append(f"{full} ({_why(trace, owner, got)})")
             continue
         mname, rule = chosen
-        plan.setdefault(mname, (rule, []))[1].append(full[len(mname) + 1 :] if mname else full)
+        plan.setdefault((mname, rule is extra), (rule, []))[1].append(
+            full[len(mname) + 1 :] if mname else full
+        )
     return plan, left_out
 
 
@@ -288,7 +335,11 @@ def _cover(
     for cand in chain:
         if reached.get(cand):
             rule = rule_for(trace.module(cand), trace[cand].module_type)
-            if rule is not None and (cand == owner or rule.covers_children):
+            if (
+                rule is not None
+                and (cand == owner or rule.covers_children)
+                and rule.gives(full[len(cand) + 1 :] if cand else full)
+            ):
                 return cand, rule
     if extra is not None:
         for cand in chain:
@@ -305,6 +356,8 @@ def _why(trace: Trace, owner: str, reached: dict[str, bool]) -> str:
         return f"{kind}: never called in this trace (a parent may use its weights: trace the parent)"
     if not reached.get(owner):
         return f"{kind}: no backward reached its calls in this trace (run loss.backward() inside it)"
+    if rule_for(trace.module(owner), kind) is not None:
+        return f"{kind}: its rule does not know this parameter (a reparametrization?); pass fallback='func'"
     return f"{kind}: no per-sample rule (pass fallback='func')"
 
 

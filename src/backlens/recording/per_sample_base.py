@@ -125,6 +125,8 @@ class Rule:
     gives the parameters of submodules (attention's out_proj, which is never called as a
     module). needs_module: the rule reads the module (hyperparameters or weights), so a record
     loaded from a file, which has no model, cannot use it. method: one line for the docs.
+    params: the parameter names the rule gives (None: any, the torch.func route); a module
+    carrying others (weight_norm's weight_g and weight_v on a Linear) is not covered by it.
     """
 
     grads: GradsFn
@@ -132,6 +134,12 @@ class Rule:
     covers_children: bool = False
     needs_module: bool = True
     method: str = ""
+    params: frozenset[str] | None = frozenset({"weight", "bias"})
+    recomputes: bool = False  # calls the module again (torch.func): only once the trace has closed
+
+    def gives(self, name: str) -> bool:
+        """Whether the rule gives parameter `name` (relative to its module)."""
+        return self.params is None or name in self.params
 
 
 def sq_norms_by_building(

@@ -4,7 +4,9 @@ Shapes: the call's positional tensor inputs with the sample axis at `batch_dim` 
 size there is not n are shared by all samples), grad_outputs δ likewise.
 Math: sample i's gradient is s·J_iᵀ δ_i, J_i the Jacobian of the module's output for sample i
 with respect to its parameters, computed as grad_θ ⟨f(θ, x_i), δ_i⟩ under vmap over i, with f
-the module's own forward (called without its hooks) at the recorded inputs.
+the module's own call (its own hooks included: weight_norm's, parametrizations') at the
+recorded inputs. It must run after the trace's `with` block has exited (Trace.recording is
+False): inside it the trace's hooks would record the recomputation; the callers check.
 Cost: one extra forward to check the recorded inputs reproduce the recorded output (a module
 taking keyword arguments the trace does not record, or a stochastic one such as dropout in
 training mode, does not: that raises), then one forward and one backward of the module per
@@ -28,26 +30,15 @@ __all__ = ["func_grads", "FUNC_TOLERANCE"]
 FUNC_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}  # recomputed vs recorded output
 
 
-class _Bare(nn.Module):
-    """Calls the wrapped module's forward directly: its hooks (a trace's) stay silent."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args: Any) -> Any:
-        return self.inner.forward(*args)
-
-
 def _device(module: nn.Module, calls: Sequence[CallData]) -> torch.device:
     for p in module.parameters():
         return p.device
     return calls[0].input.device
 
 
-def _check_recomputed(bare: nn.Module, args: tuple[Any, ...], call: CallData, first_only: bool) -> None:
+def _check_recomputed(module: nn.Module, args: tuple[Any, ...], call: CallData, first_only: bool) -> None:
     with torch.no_grad():
-        again = tensors_in(bare(*args))
+        again = tensors_in(module(*args))
     recorded = tensors_in(call.outputs)
     if first_only:
         again, recorded = again[:1], recorded[:1]
@@ -82,21 +73,22 @@ def func_grads(
     need_weights=False returns None where the recomputation returns its weights).
     """
     assert module is not None
-    bare = _Bare(module)
     device = _device(module, calls)
     params = dict(module.named_parameters())
-    train = {f"inner.{k}": params[k].detach() for k in sorted(names)}
-    fixed = {f"inner.{k}": v.detach() for k, v in params.items() if k not in names}
-    fixed.update({f"inner.{k}": v for k, v in module.named_buffers()})
+    train = {k: params[k].detach() for k in sorted(names)}
+    fixed = {k: v.detach() for k, v in params.items() if k not in names}
+    fixed.update(dict(module.named_buffers()))
     total: dict[str, torch.Tensor] = {}
     for call in calls:
-        for name, value in _one_call(bare, call, train, fixed, device, scale, batch_dim, first_only).items():
+        for name, value in _one_call(
+            module, call, train, fixed, device, scale, batch_dim, first_only
+        ).items():
             total[name] = value if name not in total else total[name] + value
     return total
 
 
 def _one_call(
-    bare: nn.Module,
+    module: nn.Module,
     call: CallData,
     train: dict[str, torch.Tensor],
     fixed: dict[str, torch.Tensor],
@@ -109,7 +101,7 @@ def _one_call(
 
     moved = iter(t.to(device) for t in tensors_in(call.inputs))
     args = _keep_leaves(call.inputs, tuple(replace_tensors(call.inputs, moved, None)))
-    _check_recomputed(bare, args, call, first_only)
+    _check_recomputed(module, args, call, first_only)
     flat = tensors_in(args)
     n = flat[0].shape[batch_dim]
     batched = [t.ndim > batch_dim and t.shape[batch_dim] == n for t in flat]
@@ -122,12 +114,12 @@ def _one_call(
     def one(p: dict[str, torch.Tensor], xs_i: list[torch.Tensor], ds_i: list[torch.Tensor]) -> torch.Tensor:
         it_x, it_s = iter(xs_i), iter(shared)
         rebuilt = [next(it_x).unsqueeze(batch_dim) if b else next(it_s) for b in batched]
-        out = tensors_in(functional_call(bare, {**p, **fixed}, _with(args, rebuilt)))
+        out = tensors_in(functional_call(module, {**p, **fixed}, _with(args, rebuilt)))
         dots = [(out[k].squeeze(batch_dim) * d).sum() for k, d in zip(used, ds_i, strict=True)]
         return torch.stack(dots).sum()
 
     got = vmap(grad(one), in_dims=(None, batch_dim, batch_dim))(train, xs, ds)
-    return {key[len("inner.") :]: value for key, value in got.items()}
+    return dict(got)
 
 
 def _keep_leaves(original: Sequence[Any], moved: Sequence[Any]) -> tuple[Any, ...]:

@@ -132,6 +132,7 @@ class Trace:
     ) -> None:
         self._records = {r.name: r for r in records}
         self._model = model
+        self.recording = False  # True while the trace's `with` block runs (the trace sets it)
         self._ran: dict[str, None] = {}  # the names that ran, in order (a dict: ordered and quick)
         for name in order:
             self.mark_ran(name)

@@ -142,6 +142,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             ],
             model=self.model,
         )
+        self.record.recording = True
         self._store = Store(self.store)
         self._counts = dict.fromkeys(self.selected, 0)
         self._stacks: dict[str, list[_InFlight]] = {n: [] for n in self.selected}  # per module
@@ -165,6 +166,8 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
 
     def _close(self) -> None:
         self._enabled = False
+        if self.record is not None:
+            self.record.recording = False
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
