@@ -173,6 +173,8 @@ def prepare(options: TrainOptions) -> Prepared:
     _check_lr(options.lr)
     check_choice("activation", options.activation, list(ACTIVATIONS))
     _check_out(options)
+    if options.arch == "cnn":
+        _check_cnn(options)  # before loading: the data may be large
     data = _dataset(options)
     build = _builder(options, data)
     if methods is None:
@@ -195,6 +197,10 @@ def _builder(options: TrainOptions, data: Dataset) -> Callable[[int], nn.Module]
     if options.arch == "mlp":
         widths = _widths(options, data)
         return lambda seed: build_mlp(widths, options.activation, seed=seed)
+    return lambda seed: ARCHITECTURES["cnn"].build(seed=seed)  # options checked by _check_cnn
+
+
+def _check_cnn(options: TrainOptions) -> None:
     if options.data != "digits":
         raise fail(
             "arch",
@@ -213,7 +219,6 @@ def _builder(options: TrainOptions, data: Dataset) -> Callable[[int], nn.Module]
             repr(options.activation),
             "leave it out",
         )
-    return lambda seed: ARCHITECTURES["cnn"].build(seed=seed)
 
 
 def train_data(options: TrainOptions, data: Dataset, seed: int) -> TrainData:
@@ -286,7 +291,7 @@ def train_one(
     step, train_time = 0, 0.0
     kept = _snapshot(model)  # the last finished epoch's weights: what a stopped run keeps
     model.train()
-    with linear_backward(model, method, seed=seed):
+    with torch_threads(options.threads), linear_backward(model, method, seed=seed):
         for epoch in range(options.epochs):
             total, start = 0.0, time.perf_counter()
             for xb, yb in loader(train, options.batch_size, shuffle=True, seed=1000 * seed + epoch):
@@ -327,7 +332,8 @@ def train_one(
         model.load_state_dict(kept)
     model.eval()
     model.zero_grad(set_to_none=True)
-    final_train, final_test = (_final(model, part, data.loss) for part in (train, data.split.test))
+    with torch_threads(options.threads):
+        final_train, final_test = (_final(model, part, data.loss) for part in (train, data.split.test))
     return {
         "method": method,
         "seed": seed,
@@ -364,8 +370,7 @@ def run_train(options: TrainOptions, console: Console | None = None) -> dict[str
         for seed in seeds:
             split = train_data(options, prepared.dataset, seed)
             for method in methods:
-                with torch_threads(options.threads):
-                    runs.append(train_one(prepared.build(seed), method, split, options, seed, advance))
+                runs.append(train_one(prepared.build(seed), method, split, options, seed, advance))
                 if runs[-1]["stopped"] is not None:
                     s, kept = runs[-1]["stopped"], len(runs[-1]["epochs"])
                     console.print(
