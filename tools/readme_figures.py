@@ -41,19 +41,20 @@ def digits_run() -> str:
     return "\n".join(lines).strip()
 
 
+TRANSFORMER_PLOT = README.parent / "docs" / "transformer_linearity.png"
+
+
 def transformer_run() -> str:
-    """`backlens abstract --arch transformer --out docs/transformer`: the table, and the linearity
-    profile plot that README shows (docs/transformer/linearity.png)."""
-    import shutil
+    """`backlens abstract --arch transformer`: the table, and the linearity profile plot that
+    README shows (docs/transformer_linearity.png, by main())."""
+    import tempfile
 
     from backlens.workflows.arch_run import ArchOptions, run_arch
 
-    out = README.parent / "docs" / "transformer"
-    shutil.rmtree(out, ignore_errors=True)
     console = Console(file=io.StringIO(), width=130, record=True, color_system=None)
-    run_arch(ArchOptions(arch="transformer", out=str(out)), console)
-    for name in ("results.json", "heldout_error.png", "spectra.png"):  # README shows the profile only
-        (out / name).unlink()
+    with tempfile.TemporaryDirectory() as out:
+        run_arch(ArchOptions(arch="transformer", out=out), console)
+        PLOTS[TRANSFORMER_PLOT] = (Path(out) / "linearity.png").read_bytes()
     lines = [line.rstrip() for line in console.export_text().splitlines() if not line.startswith("wrote ")]
     return "\n".join(lines).strip()
 
