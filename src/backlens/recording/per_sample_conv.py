@@ -144,7 +144,10 @@ def _weight_by_grouped_conv(module: Any, calls: Sequence[CallData], start: int, 
         d = _batched(module, x, call.where)
         x, dy = x[start:stop], dy[start:stop]
         pads = _pads(module, d)
-        if any(p for pair in pads for p in pair):
+        padding = [0] * d
+        if module.padding_mode == "zeros" and all(p[0] == p[1] for p in pads):
+            padding = [p[0] for p in pads]  # the kernel pads itself: no padded copy of x
+        elif any(p for pair in pads for p in pair):
             flat = [p for pair in reversed(pads) for p in pair]
             mode = module.padding_mode
             x = F.pad(x, flat, mode=PAD_MODES[mode]) if mode != "zeros" else F.pad(x, flat)
@@ -156,7 +159,7 @@ def _weight_by_grouped_conv(module: Any, calls: Sequence[CallData], start: int, 
             shape,
             dy.reshape(1, m * o, *dy.shape[2:]),
             stride=module.stride,
-            padding=0,
+            padding=padding,
             dilation=module.dilation,
             groups=m * module.groups,
         ).reshape(m, o, *shape[1:])
