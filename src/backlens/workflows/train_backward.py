@@ -30,9 +30,9 @@ from ..blocks.linear_backward import BACKWARD_METHODS, linear_backward
 from ..blocks.shadow import Shadow
 from ..byhand.losses import get_loss, torch_loss
 from ..errors import BacklensError, check_choice, check_positive_int, fail
-from .datasets import Dataset, load_dataset
+from .datasets import Dataset
 from .mlp import ACTIVATIONS, build_mlp, parse_widths
-from .mnist import load_mnist
+from .mnist import load_mnist, load_named
 from .train import Split, default_loss, loader, split_dataset
 from .zoo import ARCHITECTURES
 from .zoo_data import torch_threads
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 ARCH_CHOICES = ("mlp", "cnn")
-DATA_CHOICES = ("digits", "mnist")  # or a path ending in .csv
 TEST_SIZE = 0.2
 SHADOW_POINTS = 10  # alignment measurements per epoch, evenly spaced over its steps
 DEFAULT_HIDDEN = (128, 128)  # the MLP's hidden widths when no layers are given
@@ -62,6 +61,7 @@ class TrainOptions:
     """Everything `backlens train` takes."""
 
     data: str = "digits"
+    target: str | None = None  # a CSV file's label column
     arch: str = "mlp"
     layers: str | None = None  # MLP widths 'in,h1,...,out'; default in,128,128,out
     activation: str = "relu"
@@ -121,24 +121,7 @@ def _check_out(options: TrainOptions) -> Path | None:
 
 
 def _dataset(options: TrainOptions) -> Dataset:
-    if options.data == "mnist":
-        return load_mnist()
-    if options.data == "digits" or options.data.endswith(".csv"):
-        return _load(options.data)
-    raise fail(
-        "data",
-        "one of " + ", ".join(DATA_CHOICES) + " or a path ending in .csv",
-        repr(options.data),
-        "pick a listed name or a CSV file",
-    )
-
-
-def _load(name: str) -> Dataset:
-    try:
-        return load_dataset(name)
-    except BacklensError as error:  # load_dataset names its argument 'name': here it is 'data'
-        argument = "data" if error.argument == "name" else error.argument
-        raise fail(argument, error.expected, error.got, error.fix) from None
+    return load_named(options.data, options.target)
 
 
 def _widths(options: TrainOptions, data: Dataset) -> list[int]:
