@@ -36,6 +36,7 @@ def test_readme_python_block_runs(index: int, tmp_path: Path, monkeypatch: pytes
     [
         pytest.param(n, marks=pytest.mark.slow) if n in _figures_tool().SLOW else n
         for n in _figures_tool().FIGURES
+        if n not in _figures_tool().TIMED  # a timing cannot be compared
     ],
 )
 def test_readme_figures_are_what_the_code_prints_now(name: str) -> None:
