@@ -17,6 +17,19 @@ from ..workflows.zoo import ARCH_NAMES
 from .main import app, console, run_or_exit
 
 
+def _run_own_model(
+    option: str, not_beside: dict[str, tuple[object, object]], methods: str, **fields: object
+) -> None:
+    """run_arch for --arch or --model file.py:fn, after refusing MLP options set beside them."""
+    from ..workflows.arch_run import ArchOptions, run_arch
+
+    given = [flag for flag, (value, default) in not_beside.items() if value != default]
+    if given:
+        run_or_exit(_refuse_flags, option, given)
+    chosen = methods if methods != ABSTRACT_METHODS else ArchOptions.methods
+    run_or_exit(run_arch, ArchOptions(methods=chosen, **fields), console=console)  # type: ignore[arg-type]
+
+
 def _refuse_flags(option: str, given: list[str]) -> None:
     raise fail(
         option,
@@ -67,63 +80,29 @@ def abstract_command(
     """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward."""
     from ..workflows.abstract import AbstractOptions, run_abstract  # its heavy imports: only when run
 
+    # --model file.py:fn and --arch bring their own model (and --arch its data): the MLP's
+    # options must not be set beside them
+    mlp = {
+        "--layers": (layers, "64,128,128,10"),
+        "--activation": (activation, "relu"),
+        "--repeat": (repeat, 1),
+    }
     if model is not None and is_model_spec(model):
-        user_only: tuple[tuple[str, object, object], ...] = (
-            ("--layers", layers, "64,128,128,10"),
-            ("--activation", activation, "relu"),
-            ("--epochs", epochs, None),
-            ("--repeat", repeat, 1),
-            ("--arch", arch, None),
-        )
-        given = [flag for flag, value, default in user_only if value != default]
-        if given:
-            run_or_exit(_refuse_flags, "--model", given)
-        from ..workflows.arch_run import ArchOptions, run_arch
-
-        user = ArchOptions(
-            model=model,
-            weights=weights,
-            data=data,
-            loss=loss,
-            blocks=blocks,
-            direction=direction,
-            seed=seed,
-            out=out,
-            overwrite=overwrite,
-            methods=methods if methods != ABSTRACT_METHODS else ArchOptions.methods,
-        )
-        run_or_exit(run_arch, user, console=console)
+        _run_own_model(
+            "--model", {**mlp, "--epochs": (epochs, None), "--arch": (arch, None)},
+            model=model, weights=weights, data=data, loss=loss, blocks=blocks, direction=direction, seed=seed,
+            out=out, overwrite=overwrite, methods=methods,
+        )  # fmt: skip
         return
     if weights is not None:
         run_or_exit(_refuse_flags, "--weights", ["--weights without --model file.py:build_fn"])
     if arch is not None:
-        # Options that describe the MLP and its data: --arch brings its own, so they must not be set.
-        mlp_only = (
-            ("--data", data, "digits"),
-            ("--target", target, None),
-            ("--layers", layers, "64,128,128,10"),
-            ("--activation", activation, "relu"),
-            ("--loss", loss, None),
-            ("--model", model, None),
-            ("--repeat", repeat, 1),
-            ("--test-size", test_size, 0.3),
-        )
-        given = [flag for flag, value, default in mlp_only if value != default]
-        if given:
-            run_or_exit(_refuse_flags, "--arch", given)
-        from ..workflows.arch_run import ArchOptions, run_arch
-
-        arch_options = ArchOptions(
-            arch=arch,
-            epochs=epochs,
-            blocks=blocks,
-            direction=direction,
-            seed=seed,
-            out=out,
-            overwrite=overwrite,
-            methods=methods if methods != ABSTRACT_METHODS else ArchOptions.methods,
-        )
-        run_or_exit(run_arch, arch_options, console=console)
+        data_flags = {"--data": (data, "digits"), "--target": (target, None), "--loss": (loss, None)}
+        _run_own_model(
+            "--arch", {**mlp, **data_flags, "--model": (model, None), "--test-size": (test_size, 0.3)},
+            arch=arch, epochs=epochs, blocks=blocks, direction=direction, seed=seed, out=out,
+            overwrite=overwrite, methods=methods,
+        )  # fmt: skip
         return
     options = AbstractOptions(
         data=data,

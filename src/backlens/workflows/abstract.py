@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import platform
 import warnings
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from .datasets import Dataset, load_dataset
 from .loaders import tensor_loader
 from .mlp import build_mlp, parse_widths
 from .model_io import load_model, save_model
+from .run_dir import check_run_dir, run_versions
 from .train import Split, default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
@@ -68,20 +67,6 @@ class AbstractOptions:
 def map_file_name(block: str, method: str, direction: str) -> str:
     """'2:4', 'reduced-rank:8', 'forward' -> 'block2-4_reduced-rank8_forward.safetensors'."""
     return f"block{block.replace(':', '-')}_{method.replace(':', '')}_{direction}.safetensors"
-
-
-def _check_out(options: AbstractOptions) -> Path | None:
-    if options.out is None:
-        return None
-    out = Path(options.out)
-    if out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise fail(
-            "out",
-            "an empty or new directory",
-            f"{out} holding an earlier run",
-            "pick another directory or pass overwrite=True (--overwrite)",
-        )
-    return out
 
 
 def sample_size_curve(
@@ -293,19 +278,14 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
     console = console or Console()
     if options.repeat < 1:
         raise fail("repeat", "a positive number of seeds", options.repeat, "use repeat=1 or more")
-    out = _check_out(options)
+    out = check_run_dir(options.out, options.overwrite)
     runs = []
     for k in range(options.repeat):
         runs.append(_one_run(options, options.seed + k, console, out, first=k == 0))
         print_run(console, runs[-1], options)
     results = {
         "options": asdict(options),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "scikit-learn": version("scikit-learn"),
-        },
+        "versions": run_versions(),
         "runs": runs,
         "summary": _aggregate(runs),
     }

@@ -4,13 +4,9 @@ each of its blocks, and the linearity profile."""
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -25,6 +21,7 @@ from ..errors import BacklensError, check_choice, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
 from .datasets import load_dataset
+from .run_dir import check_run_dir, run_versions
 from .train import default_loss, loader, metric_name, split_dataset, task_metric
 from .user_model import load_user_model
 from .zoo import ARCHITECTURES, accuracy, loaders, train_arch, zoo_data
@@ -133,13 +130,13 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
     from .linearity_report import plot_linearity, print_linearity
 
     console = console or Console()
-    out = _check_out(options)
+    out = check_run_dir(options.out, options.overwrite)
     run = _user_run(options) if options.model is not None else _arch_run(options, console)
     model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
     run["blocks"] = [
         _block_entry(options, model, b, train, test, run["loss"]) for b in _blocks(options, model)
     ]
-    results = {"options": asdict(options), "versions": _versions(), "runs": [run]}
+    results = {"options": asdict(options), "versions": run_versions(), "runs": [run]}
     if not options.linearity_only:
         print_run(console, run, options)
     print_linearity(console, run)
@@ -205,29 +202,6 @@ def _user_run(options: ArchOptions) -> dict[str, Any]:
         "train_loader": loader(split.train, 256),
         "test_loader": loader(split.test, 256),
     }
-
-
-def _versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": version("scikit-learn"),
-    }
-
-
-def _check_out(options: ArchOptions) -> Path | None:
-    if options.out is None:
-        return None
-    out = Path(options.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not options.overwrite)):
-        raise fail(
-            "out",
-            "an empty or new directory",
-            f"{out} holding an earlier run or a file",
-            "pick another directory or pass overwrite=True (--overwrite)",
-        )
-    return out
 
 
 def linearity_table(run: dict[str, Any]) -> Table:

@@ -12,15 +12,12 @@ it finished, ends with the weights of the last one and says at which step.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -33,6 +30,7 @@ from ..errors import BacklensError, check_choice, check_positive_int, fail
 from .datasets import Dataset
 from .mlp import ACTIVATIONS, build_mlp, parse_widths
 from .mnist import load_mnist, load_named
+from .run_dir import check_run_dir, run_versions
 from .train import Split, default_loss, loader, split_dataset
 from .zoo import ARCHITECTURES
 from .zoo_data import torch_threads
@@ -105,21 +103,6 @@ def _check_lr(lr: Any) -> float:
     return float(lr)
 
 
-def _check_out(options: TrainOptions) -> Path | None:
-    """The run directory: new or empty, or overwrite=True (the rule of `backlens abstract`)."""
-    if options.out is None:
-        return None
-    out = Path(options.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not options.overwrite:
-        raise fail(
-            "out",
-            "an empty or new directory",
-            f"{out} holding an earlier run",
-            "pick another directory or pass overwrite=True (--overwrite)",
-        )
-    return out
-
-
 def _dataset(options: TrainOptions) -> Dataset:
     return load_named(options.data, options.target)
 
@@ -155,7 +138,7 @@ def prepare(options: TrainOptions) -> Prepared:
         raise fail("seed", "an int", repr(options.seed), "pass e.g. seed=0")
     _check_lr(options.lr)
     check_choice("activation", options.activation, list(ACTIVATIONS))
-    _check_out(options)
+    check_run_dir(options.out, options.overwrite)
     if options.arch == "cnn":
         _check_cnn(options)  # before loading: the data may be large
     data = _dataset(options)
@@ -336,7 +319,7 @@ def run_train(options: TrainOptions, console: Console | None = None) -> dict[str
     console = console or Console()
     prepared = prepare(options)
     methods = prepared.methods
-    out = _check_out(options)
+    out = check_run_dir(options.out, options.overwrite)
     seeds = [options.seed + k for k in range(options.seeds)]
     runs = []
     total = len(seeds) * len(methods) * options.epochs
@@ -368,11 +351,7 @@ def run_train(options: TrainOptions, console: Console | None = None) -> dict[str
         "test_size": TEST_SIZE,
         "metric": metric,
         "methods": methods,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": run_versions(),
         "runs": runs,
         "summary": summarize(runs, methods, metric),
     }
