@@ -25,6 +25,7 @@ from .linear.ridge import (
 )
 from .linear.scores import Score, score
 from .recording.files import load_record, save_record
+from .recording.per_sample_base import PartialNormWarning
 from .recording.tracing import Call, ModuleRecord, Trace, trace
 from .workflows.mlp import build_mlp
 from .workflows.seed_data import seed_loader, seed_regression
@@ -49,6 +50,7 @@ __all__ = [
     "SingularSystemWarning",
     "EffectiveSamplesWarning",
     "LinearityUndefinedWarning",
+    "PartialNormWarning",
     # the record
     "trace",
     "Trace",
