@@ -1,0 +1,75 @@
+"""A training step through a linear backward against a bp step of the same model and batch.
+
+Targets (issue "Train through a linear backward"): fa, dfa, usf ≤ 1.10× a bp step; expected-mask
+≤ 1.15×; shadow mode ≤ 3× on the steps it measures. Model 784-256-256-10 ReLU MLP, batch 256,
+SGD; one torch thread (a shared 2-core machine); the median of rounds run round-robin.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backlens import linear_backward
+
+from ._measure import quick
+
+METHODS = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "expected-mask", "bp+shadow", "fa+shadow")
+TARGETS = {"fa": 1.10, "dfa": 1.10, "usf": 1.10, "expected-mask": 1.15, "bp+shadow": 3.0, "fa+shadow": 3.0}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def _step_time(label: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    method, _, shadow = label.partition("+")
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with linear_backward(model, method=method, shadow=bool(shadow)):
+        for _ in range(2):  # warm-up
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> dict[str, float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch, steps, rounds = (64, 5, 3) if quick() else (256, 10, 5)
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        for _ in range(rounds):
+            for label in METHODS:
+                times[label].append(_step_time(label, x, y, steps))
+    finally:
+        torch.set_num_threads(threads)
+    bp = statistics.median(times["bp"])
+    print(
+        f"torch {torch.__version__}, 1 thread; 784-256-256-10 MLP, batch {batch}; median of {rounds} rounds"
+    )
+    ratios = {}
+    for label in METHODS:
+        t = statistics.median(times[label])
+        ratios[label] = t / bp
+        target = TARGETS.get(label)
+        verdict = (
+            ""
+            if target is None
+            else f"  target ≤ {target:.2f}×: {'met' if ratios[label] <= target else 'MISSED'}"
+        )
+        print(f"  {label:15} {t * 1e3:7.2f} ms  {ratios[label]:5.2f}× a bp step{verdict}")
+    return ratios
