@@ -210,3 +210,14 @@ def test_a_block_inside_a_residual_model_gets_exact_local_gradients() -> None:
     with linear_backward(model, method="expected-mask", blocks=[block], momentum=0.0):
         F.mse_loss(model(x), y).backward()
     assert model[4].weight.grad is not None and model[0].weight.grad is not None
+
+
+def test_an_activation_module_reused_outside_the_block_records_only_inside_it() -> None:
+    torch.manual_seed(0)
+    relu = nn.ReLU()  # one module, used inside block 0:2 and again after it
+    model = nn.Sequential(nn.Linear(4, 5), relu, nn.Linear(5, 3), relu, nn.Linear(3, 2)).double()
+    x, y = batch()
+    with linear_backward(model, method="expected-mask", blocks=["0:2"], momentum=0.0) as lb:
+        F.mse_loss(model(x), y).backward()
+    z1 = model[0](x).detach()
+    torch.testing.assert_close(lb.derivatives["0:2"][1], (z1 > 0).double().mean(0), rtol=0, atol=ATOL)

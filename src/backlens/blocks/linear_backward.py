@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..byhand.chain import ActivationStep, Chain, chain_leaves, read_chain
 from ..errors import check_choice, check_module, fail
-from ..linear.analytic import derivative_product, mean_derivatives
+from ..linear.analytic import derivative_product
 from .block import Block
 from .boundary import boundaries
 from .feedback import LAYER_RULES, feedback_matrix, fixed_part, send_below, unsupported
 from .inuse import swap_backward
-from .positions import to_rows
 from .shadow import Shadow
 
 __all__ = ["LinearBackward", "linear_backward", "BACKWARD_METHODS", "LAYER_METHODS", "BLOCK_METHODS"]
@@ -109,17 +109,49 @@ def _layer_swap(lb: LinearBackward, name: str, layer: nn.Module):  # type: ignor
     return swap
 
 
-def _block_swap(lb: LinearBackward, block: Block):  # type: ignore[no-untyped-def]
+@contextmanager
+def _derivatives_seen(block: Block, seen: dict[int, torch.Tensor]) -> Iterator[None]:
+    """While open, each activation of the chain block records E[σ'(z)] over the batch from the z
+    the model's own forward hands it (no replay), keyed by its step in the chain."""
+    chain = read_chain(chain_leaves(block.layers()))
+    assert isinstance(chain, Chain)
+    inside = [False]  # an activation module reused elsewhere in the model records only in here
+
+    def enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+        inside[0] = True
+
+    def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        inside[0] = False
+
+    handles = [block.entry.register_forward_pre_hook(enter)]
+    for i, step in enumerate(chain.steps):
+        if isinstance(step, ActivationStep):
+
+            def record(module: nn.Module, args: tuple[Any, ...], i: int = i, rule: Any = step.rule) -> None:
+                if inside[0]:
+                    z = args[0].detach()
+                    seen[i] = rule.derivative(z).reshape(-1, z.shape[-1]).mean(dim=0).double().cpu()
+
+            handles.append(step.module.register_forward_pre_hook(record))
+    handles.append(block.exit.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor]):  # type: ignore[no-untyped-def]
     """expected-mask: grad_in = grad_out·W_L·diag(E σ')·…·W_1, E σ' a running mean over batches."""
 
     def gradient_below(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        M = lb.feedback[block.label].to(grad.dtype)
+        M = lb.feedback[block.label].to(device=grad.device, dtype=grad.dtype)
         return (grad.reshape(-1, M.shape[0]) @ M).reshape(x.shape)
 
     inner = swap_backward(gradient_below, local=True)
 
     def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        batch = mean_derivatives(block.layers(), to_rows(x.detach(), "shared"))
+        batch = dict(seen)  # this forward's E σ' per activation, seen on the way through the block
         previous = lb.derivatives.get(block.label)
         if previous is not None:
             batch = {i: lb.momentum * previous[i] + (1 - lb.momentum) * s for i, s in batch.items()}
@@ -180,7 +212,9 @@ def linear_backward(
             stack.enter_context(direct_feedback(lb, _layers(model, method)))
         elif method in BLOCK_METHODS:
             for block in _chain_blocks(model, blocks):
-                stack.enter_context(boundaries(block, swap=_block_swap(lb, block), cut=True))
+                seen: dict[int, torch.Tensor] = {}
+                stack.enter_context(_derivatives_seen(block, seen))
+                stack.enter_context(boundaries(block, swap=_block_swap(lb, block, seen), cut=True))
         if shadow:
             lb.shadow = stack.enter_context(Shadow.watching(model, _layer_names(model)))
         yield lb
