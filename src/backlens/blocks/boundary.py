@@ -90,6 +90,74 @@ def _check_input(block: Block, value: Any) -> torch.Tensor:
     return value
 
 
+@dataclass
+class _Hooks:
+    """The hooks of one `boundaries` context (its options: see there)."""
+
+    seen: Boundaries
+    alias_input: bool
+    swap: Swap | None
+    copies: bool
+    cut: bool
+    depth: int = 0  # calls of the span's Sequential in progress
+
+    def into(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.depth += 1
+
+    def out_of(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.depth -= 1
+
+    def _checked_input(self, args: tuple[Any, ...]) -> torch.Tensor:
+        block = self.seen.block
+        if not args:
+            raise fail(
+                "block", "a block whose entry takes its input positionally", block.label, "pick another block"
+            )
+        x = _check_input(block, args[0])
+        if block.is_span and self.depth == 0:
+            raise fail(
+                "block",
+                "a span that its Sequential runs (the model calls the Sequential, not its modules)",
+                f"{block.label}: the model calls {block.start!r} itself, outside its Sequential",
+                "use single modules as blocks, or the module whose forward does the calling",
+            )
+        return x
+
+    def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x, calls = self._checked_input(args), self.seen.calls
+        if self.swap is not None:  # swapping: only the call in progress is kept (a training run is long)
+            calls[:] = [Crossing(x, args[1:], dict(kwargs))]
+            return ((x.detach(), *args[1:]), kwargs) if self.cut else None
+        if not self.copies:  # the real input, so gradients reach what lies below
+            calls.append(Crossing(x, args[1:], dict(kwargs)))
+            return None
+        # Recorded: a copy the block cannot change (an in-place entry, ReLU(inplace=True), would
+        # rewrite the input it was given); with alias_input, a leaf that only the block sees,
+        # handed over as a copy so an in-place entry writes into that copy, not into the leaf.
+        leaf = x.detach().clone().requires_grad_(self.alias_input)
+        calls.append(Crossing(leaf, args[1:], dict(kwargs)))
+        return ((leaf.clone(), *args[1:]), kwargs) if self.alias_input else None
+
+    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        calls, block = self.seen.calls, self.seen.block
+        if not calls or calls[-1].output is not None:
+            raise fail(
+                "block",
+                "the block's exit run after its entry, once per call",
+                block.label,
+                "pick a block whose modules run in order",
+            )
+        tensor, rebuild = _output_tensor(block, output)
+        crossing = calls[-1]
+        crossing.output = tensor
+        if self.swap is None:
+            # The model goes on with a copy, so what is recorded (and differentiated) is the
+            # block's output itself, whatever a later in-place op does to the copy.
+            return rebuild(tensor.clone()) if self.copies else None
+        crossing.output = self.swap(crossing.input, tensor)
+        return rebuild(crossing.output)
+
+
 @contextmanager
 def boundaries(
     block: Block, alias_input: bool = False, swap: Swap | None = None, copies: bool = True, cut: bool = False
@@ -99,75 +167,19 @@ def boundaries(
     copies=False records the very tensors the model passes (to follow gradients from them).
     cut=True (with swap) hands the block a detached input: the block's own backward reaches its
     parameters but not what lies below, which gets only what the swap sends."""
-    seen = Boundaries(block)
-
-    def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not args:
-            raise fail(
-                "block", "a block whose entry takes its input positionally", block.label, "pick another block"
-            )
-        x = _check_input(block, args[0])
-        if block.is_span and depth[0] == 0:
-            raise fail(
-                "block",
-                "a span that its Sequential runs (the model calls the Sequential, not its modules)",
-                f"{block.label}: the model calls {block.start!r} itself, outside its Sequential",
-                "use single modules as blocks, or the module whose forward does the calling",
-            )
-        if swap is not None:  # swapping: only the call in progress is kept (a training run is long)
-            seen.calls[:] = [Crossing(x, args[1:], dict(kwargs))]
-            return ((x.detach(), *args[1:]), kwargs) if cut else None
-        if not copies:  # the real input, so gradients reach what lies below
-            seen.calls.append(Crossing(x, args[1:], dict(kwargs)))
-            return None
-        # Recorded: a copy the block cannot change (an in-place entry, ReLU(inplace=True), would
-        # rewrite the input it was given); with alias_input, a leaf that only the block sees,
-        # handed over as a copy so an in-place entry writes into that copy, not into the leaf.
-        leaf = x.detach().clone().requires_grad_(alias_input)
-        seen.calls.append(Crossing(leaf, args[1:], dict(kwargs)))
-        return ((leaf.clone(), *args[1:]), kwargs) if alias_input else None
-
-    def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if not seen.calls or seen.calls[-1].output is not None:
-            raise fail(
-                "block",
-                "the block's exit run after its entry, once per call",
-                block.label,
-                "pick a block whose modules run in order",
-            )
-        tensor, rebuild = _output_tensor(block, output)
-        crossing = seen.calls[-1]
-        crossing.output = tensor
-        if swap is None and not copies:
-            return None
-        if swap is None:
-            # The model goes on with a copy, so what is recorded (and differentiated) is the
-            # block's output itself, whatever a later in-place op does to the copy.
-            return rebuild(tensor.clone())
-        new = swap(crossing.input, tensor)
-        crossing.output = new
-        return rebuild(new)
-
-    depth = [0]  # calls of the span's Sequential in progress
-
-    def into(module: nn.Module, args: tuple[Any, ...]) -> None:
-        depth[0] += 1
-
-    def out_of(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        depth[0] -= 1
-
+    hooks = _Hooks(Boundaries(block), alias_input, swap, copies, cut)
     handles = []
     if block.container is not None:
         handles += [
-            block.container.register_forward_pre_hook(into),
-            block.container.register_forward_hook(out_of),
+            block.container.register_forward_pre_hook(hooks.into),
+            block.container.register_forward_hook(hooks.out_of),
         ]
     handles += [
-        block.entry.register_forward_pre_hook(enter, with_kwargs=True),
-        block.exit.register_forward_hook(leave),
+        block.entry.register_forward_pre_hook(hooks.enter, with_kwargs=True),
+        block.exit.register_forward_hook(hooks.leave),
     ]
     try:
-        yield seen
+        yield hooks.seen
     finally:
         for handle in handles:
             handle.remove()

@@ -213,23 +213,8 @@ def collect(
     backward. `weighting="direction"` also streams the backward pairs scaled by 1/‖grad_out‖
     into `Collection.weighted`. Memory is O(features²) whatever the data size.
     """
-    _check_block(model, block)
-    check_choice("direction", direction, DIRECTIONS)
-    if positions is not None:
-        check_choice("positions", positions, POSITIONS)
-    if probes != 0:
-        check_positive_int("probes", probes)
-    if weighting is not None:
-        check_choice("weighting", weighting, WEIGHTINGS)
+    wanted = _check_collect(model, block, direction, positions, probes, weighting)
     run = step or _loss_step(loss)
-    wanted = ["forward", "backward"] if direction == "both" else [direction]
-    if weighting is not None and "backward" not in wanted:
-        raise fail(
-            "weighting",
-            "None unless backward pairs are collected",
-            f"weighting={weighting!r} with direction={direction!r}",
-            "collect with direction='backward' or 'both'",
-        )
     streams = _Streams(
         Reservoir(max_inputs, seed),
         {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate((*DIRECTIONS[:2], "probe"))},
@@ -242,20 +227,60 @@ def collect(
         task = progress.add_task(f"collecting {block.label}", total=total)
         for batch in loader:
             crossing, grads, probed = _crossing(model, block, batch, run, "backward" in wanted, probes, draws)
-            a_in, a_out = crossing.input.detach(), crossing.output.detach()  # type: ignore[union-attr]
-            if streams.call is None:
-                streams.first(block, crossing, a_in, a_out)
-            if "forward" in wanted:
-                streams.add("forward", a_in, a_out)
-            if grads is not None:
-                streams.add("backward", grads[1], grads[0])
-                if weighting is not None:
-                    streams.add_weighted(grads[1], grads[0])
-            for v, vJ in probed:
-                streams.add("probe", v, vJ)
-            streams.inputs.add(a_in)
-            streams.n_samples += len(a_in)
+            _stream_batch(streams, block, crossing, grads, probed, "forward" in wanted, weighting)
             progress.advance(task)
+    return _collection(block, streams, probes)
+
+
+def _check_collect(
+    model: nn.Module, block: Block, direction: str, positions: str | None, probes: int, weighting: str | None
+) -> list[str]:
+    """collect's arguments checked before any work; the directions it gathers."""
+    _check_block(model, block)
+    check_choice("direction", direction, DIRECTIONS)
+    if positions is not None:
+        check_choice("positions", positions, POSITIONS)
+    if probes != 0:
+        check_positive_int("probes", probes)
+    if weighting is not None:
+        check_choice("weighting", weighting, WEIGHTINGS)
+    wanted = ["forward", "backward"] if direction == "both" else [direction]
+    if weighting is not None and "backward" not in wanted:
+        raise fail(
+            "weighting",
+            "None unless backward pairs are collected",
+            f"weighting={weighting!r} with direction={direction!r}",
+            "collect with direction='backward' or 'both'",
+        )
+    return wanted
+
+
+def _stream_batch(
+    streams: _Streams,
+    block: Block,
+    crossing: Crossing,
+    grads: Any,
+    probed: Any,
+    forward: bool,
+    weighting: str | None,
+) -> None:
+    """One batch's pairs into the streams."""
+    a_in, a_out = crossing.input.detach(), crossing.output.detach()  # type: ignore[union-attr]
+    if streams.call is None:
+        streams.first(block, crossing, a_in, a_out)
+    if forward:
+        streams.add("forward", a_in, a_out)
+    if grads is not None:
+        streams.add("backward", grads[1], grads[0])
+        if weighting is not None:
+            streams.add_weighted(grads[1], grads[0])
+    for v, vJ in probed:
+        streams.add("probe", v, vJ)
+    streams.inputs.add(a_in)
+    streams.n_samples += len(a_in)
+
+
+def _collection(block: Block, streams: _Streams, probes: int) -> Collection:
     if streams.n_samples == 0:
         raise fail("loader", "at least one batch", "an empty loader", "pass data to collect from")
     assert streams.positions is not None

@@ -27,11 +27,13 @@ HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backw
 
 
 def _hook_free_copy(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model)
-    for module in twin.modules():
+    """A deep copy whose hook dicts start empty: the memo maps each of the model's hook dicts to a
+    fresh one, so the hooks (and whatever state they hold) are never copied."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
         for hooks in HOOK_DICTS:
-            getattr(module, hooks).clear()
-    return twin
+            memo[id(getattr(module, hooks))] = type(getattr(module, hooks))()
+    return copy.deepcopy(model, memo)
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor) -> float:
