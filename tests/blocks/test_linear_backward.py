@@ -221,3 +221,46 @@ def test_an_activation_module_reused_outside_the_block_records_only_inside_it() 
         F.mse_loss(model(x), y).backward()
     z1 = model[0](x).detach()
     torch.testing.assert_close(lb.derivatives["0:2"][1], (z1 > 0).double().mean(0), rtol=0, atol=ATOL)
+
+
+def test_shadow_measures_listed_methods_as_their_own_runs_would_at_that_state() -> None:
+    import copy
+    import math
+
+    model, (x, y) = mlp(), batch()
+    start = copy.deepcopy(model)
+    with linear_backward(model, method="bp", seed=5, shadow=["fa", "usf"]) as lb:
+        F.mse_loss(model(x), y).backward()
+    for method in ("fa", "usf"):
+        other = copy.deepcopy(start)  # the oracle: that method's own context, same seed and state
+        with linear_backward(other, method=method, seed=5):
+            F.mse_loss(other(x), y).backward()
+        for name in ("0", "2"):
+            a = torch.cat([p.grad.reshape(-1) for p in other.get_submodule(name).parameters()])
+            b = torch.cat([p.grad.reshape(-1) for p in model.get_submodule(name).parameters()])
+            expected = math.degrees(math.acos(float(a @ b / (a.norm() * b.norm()))))
+            assert lb.alignment(method)[name] == [pytest.approx(expected, abs=1e-9)]
+    assert lb.alignment()["0"] == [pytest.approx(0.0, abs=1e-5)]  # bp itself
+    with pytest.raises(BacklensError, match="shadowed methods"):
+        lb.alignment("dfa")
+    with pytest.raises(BacklensError, match="shadow: expected one of"):
+        with linear_backward(mlp(), method="bp", shadow=["sgd"]):
+            pass
+
+
+def test_shadowing_a_list_of_methods_leaves_training_bit_identical() -> None:
+    def train(shadow) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+        model = mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with linear_backward(model, method="usf", seed=0, shadow=shadow) as lb:
+            for step in range(3):
+                x, y = batch(step)
+                optimizer.zero_grad()
+                F.mse_loss(model(x), y).backward()
+                optimizer.step()
+        if shadow:
+            assert all(len(lb.alignment(m)["0"]) == 3 for m in ("fa", "dfa", "expected-mask"))
+        return [p.detach().clone() for p in model.parameters()]
+
+    plain, shadowed = train(False), train(["fa", "dfa", "expected-mask"])
+    assert all(torch.equal(a, b) for a, b in zip(plain, shadowed, strict=True))

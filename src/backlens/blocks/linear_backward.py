@@ -50,12 +50,26 @@ class LinearBackward:
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def alignment(self) -> dict[str, list[float]]:
-        """Per layer: the angle in degrees between this method's weight update and true backprop's,
-        at every measured backward (needs shadow=True)."""
+    def alignment(self, method: str | None = None) -> dict[str, list[float]]:
+        """Per layer: the angle in degrees between a method's weight update and true backprop's, at
+        every measured backward: the method in use, or another one listed in shadow=[...]."""
         if self.shadow is None:
-            raise fail("shadow", "a context opened with shadow=True", "shadow=False", "pass shadow=True")
-        return self.shadow.angles
+            raise fail(
+                "shadow",
+                "a context opened with shadow=True or a list of methods",
+                "shadow=False",
+                "pass shadow=True",
+            )
+        if method is None or method == self.method:
+            return self.shadow.angles
+        if method not in self.shadow.others and method not in self.shadow.twins:
+            raise fail(
+                "method",
+                f"one of the shadowed methods {sorted(self.shadow.twins)}",
+                repr(method),
+                "list it in shadow=[...]",
+            )
+        return self.shadow.others.get(method, {})
 
 
 # Layers with a weight that mixes features but no feedback rule here: a layer method refuses them
@@ -186,7 +200,7 @@ def linear_backward(
     method: str = "fa",
     seed: int = 0,
     blocks: Sequence[Block | str] | None = None,
-    shadow: bool = False,
+    shadow: bool | Sequence[str] = False,
     momentum: float = 0.9,
 ) -> Iterator[LinearBackward]:
     """Within the body, every backward of `model` goes through the method's matrices.
@@ -195,7 +209,9 @@ def linear_backward(
     dfa: the output error e goes to every layer's input as e·B_l (no layer sends anything below).
     expected-mask: each chain block (default `Block.all(model)`) sends grad·W_L·diag(E σ')·…·W_1.
     bp: nothing changes. shadow=True also measures, at every backward, the angle of each layer's
-    update to true backprop's (an extra exact forward and backward; the training is unchanged).
+    update to true backprop's (an extra exact forward and backward; the training is unchanged);
+    shadow=["fa", "dfa", ...] measures those methods too, each on a copy of the model running its
+    backward from the same parameters and batch (`lb.alignment("fa")`).
     """
     check_module("model", model)
     check_choice("method", method, list(BACKWARD_METHODS))
@@ -216,8 +232,28 @@ def linear_backward(
                 stack.enter_context(_derivatives_seen(block, seen))
                 stack.enter_context(boundaries(block, swap=_block_swap(lb, block, seen), cut=True))
         if shadow:
-            lb.shadow = stack.enter_context(Shadow.watching(model, _layer_names(model)))
+            others = _shadowed(shadow, method, seed, blocks, momentum)
+            lb.shadow = stack.enter_context(Shadow.watching(model, _layer_names(model), others))
         yield lb
+
+
+def _shadowed(
+    shadow: bool | Sequence[str],
+    method: str,
+    seed: int,
+    blocks: Sequence[Block | str] | None,
+    momentum: float,
+) -> dict[str, Any]:
+    """{other listed method: how to open it on a copy of the model}, checked before any work."""
+    listed = [] if shadow is True else list(shadow)  # type: ignore[arg-type]
+    for name in listed:
+        check_choice("shadow", name, list(BACKWARD_METHODS))
+    paths = None if blocks is None else [b.label if isinstance(b, Block) else b for b in blocks]
+    return {
+        name: (lambda twin, name=name: linear_backward(twin, name, seed, paths, False, momentum))
+        for name in listed
+        if name != method
+    }
 
 
 def _layer_names(model: nn.Module) -> list[str]:

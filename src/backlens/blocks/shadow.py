@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +57,15 @@ class _Tap(torch.autograd.Function):
 
 @dataclass
 class Shadow:
-    """Angles in degrees per layer name, one per measured backward."""
+    """Angles in degrees per layer name, one per measured backward: of the method in use
+    (`angles`), and of each other listed method (`others[method]`), computed on a copy of the
+    model that runs that method's backward from the same parameters, batch and output error."""
 
     model: nn.Module
     names: list[str]
     angles: dict[str, list[float]] = field(default_factory=dict)
+    others: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    twins: dict[str, nn.Module] = field(default_factory=dict)
 
     def _own(self, module: nn.Module) -> list[nn.Parameter]:
         return [p for p in module.parameters(recurse=False) if p.requires_grad]
@@ -76,9 +80,13 @@ class Shadow:
             out = twin(*args, **kwargs)
             params = [p for n in self.names for p in self._own(twin.get_submodule(n))]
             true = torch.autograd.grad(out, params, e, allow_unused=True)
-        torch.set_rng_state(current)
         truth = dict(zip(map(id, params), true, strict=True))
         twins = {n: self._own(twin.get_submodule(n)) for n in self.names}
+        want_by_layer = {n: self._flat([truth[id(q)] for q in twins[n]], twins[n]) for n in self.names}
+        for method, other in self.twins.items():
+            torch.set_rng_state(rng)
+            self._measure_other(method, other, inputs, e, want_by_layer)
+        torch.set_rng_state(current)
 
         def compare() -> None:  # after the backward: .grad holds what the method sent
             for name in self.names:
@@ -100,13 +108,50 @@ class Shadow:
 
         queue_callback(compare)
 
+    @staticmethod
+    def _flat(grads: list[torch.Tensor | None], like: list[nn.Parameter]) -> torch.Tensor:
+        parts = [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, like, strict=True)
+        ]
+        return torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _measure_other(
+        self, method: str, twin: nn.Module, inputs: tuple[Any, dict], e: torch.Tensor, want: dict
+    ) -> None:
+        """`method`'s update for the same batch and output error, against backprop's, per layer."""
+        args, kwargs = inputs
+        with torch.enable_grad():
+            out = twin(*args, **kwargs)
+            own = {n: self._own(twin.get_submodule(n)) for n in self.names}
+            params = [p for n in self.names for p in own[n]]
+            grads = dict(
+                zip(map(id, params), torch.autograd.grad(out, params, e, allow_unused=True), strict=True)
+            )
+        angles = self.others.setdefault(method, {})
+        for name in self.names:
+            if own[name]:
+                got = self._flat([grads[id(p)] for p in own[name]], own[name])
+                angles.setdefault(name, []).append(_angle(got, want[name]))
+
     @classmethod
     @contextmanager
-    def watching(cls, model: nn.Module, names: list[str]) -> Iterator[Shadow]:
+    def watching(
+        cls, model: nn.Module, names: list[str], others: dict[str, Any] | None = None
+    ) -> Iterator[Shadow]:
+        """`others`: {method: a function opening that method's linear_backward on a given model}."""
         shadow = cls(model, names)
         pending: dict[str, Any] = {}
+        stack = ExitStack()
+        for method, open_on in (others or {}).items():
+            twin = _hook_free_copy(model)
+            stack.enter_context(open_on(twin))
+            shadow.twins[method] = twin
 
         def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            for twin in shadow.twins.values():  # each method's copy starts from the model's state
+                with torch.no_grad():
+                    twin.load_state_dict(model.state_dict())
             pending.update(
                 twin=_hook_free_copy(model),
                 inputs=(args, kwargs),
@@ -126,7 +171,8 @@ class Shadow:
             model.register_forward_hook(after, with_kwargs=True),
         ]
         try:
-            yield shadow
+            with stack:
+                yield shadow
         finally:
             for handle in handles:
                 handle.remove()
