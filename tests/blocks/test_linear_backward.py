@@ -264,3 +264,38 @@ def test_shadowing_a_list_of_methods_leaves_training_bit_identical() -> None:
 
     plain, shadowed = train(False), train(["fa", "dfa", "expected-mask"])
     assert all(torch.equal(a, b) for a, b in zip(plain, shadowed, strict=True))
+
+
+def test_ridge_is_exact_until_its_first_fit_and_converges_to_a_linear_blocks_backward() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 6), nn.Identity(), nn.Linear(6, 3)
+    ).double()
+    x, y = torch.randn(64, 4, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
+
+    def bp_grad() -> torch.Tensor:
+        model.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        return model[0].weight.grad.clone()
+
+    with linear_backward(model, "ridge", blocks=["2:4"], refit_every=2, forgetting=0.5) as lb:
+        state = lb.ridge["2:4"]
+        first = bp_grad()  # before any fit: the exact gradient passes
+        assert not state.fitted
+        bp_grad()  # the second step fits
+        assert state.fitted and state.fits == 1
+        after = bp_grad()
+    exact = (model[4].weight @ model[2].weight).detach()  # the block is linear: its backward is exact
+    torch.testing.assert_close(state.matrix, exact, rtol=0, atol=1e-7)  # ridge's α is tiny, not 0
+    truth = bp_grad()
+    assert torch.equal(first, truth)
+    torch.testing.assert_close(after, truth, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"refit_every": 0}, "refit_every"), ({"forgetting": 1.0}, "forgetting")]
+)
+def test_ridge_arguments_are_checked(kwargs, match: str) -> None:
+    with pytest.raises(BacklensError, match=match):
+        with linear_backward(mlp(), "ridge", **kwargs):
+            pass

@@ -18,18 +18,19 @@ import torch
 from torch import nn
 
 from ..byhand.chain import ActivationStep, Chain, chain_leaves, read_chain
-from ..errors import check_choice, check_module, fail
+from ..errors import check_choice, check_module, check_positive_int, fail
 from ..linear.analytic import derivative_product
 from .block import Block
 from .boundary import boundaries
 from .feedback import LAYER_RULES, feedback_matrix, fixed_part, send_below, unsupported
 from .inuse import swap_backward
+from .ridge_backward import RidgeState, ridge_backward
 from .shadow import Shadow
 
 __all__ = ["LinearBackward", "linear_backward", "BACKWARD_METHODS", "LAYER_METHODS", "BLOCK_METHODS"]
 
 LAYER_METHODS = tuple(LAYER_RULES)  # fa, usf, brsf, frsf: one B per Linear/Conv2d layer
-BLOCK_METHODS = ("expected-mask",)  # one map per block
+BLOCK_METHODS = ("expected-mask", "ridge")  # one map per block
 BACKWARD_METHODS = ("bp", *LAYER_METHODS, "dfa", *BLOCK_METHODS)
 
 
@@ -45,6 +46,7 @@ class LinearBackward:
     feedback: dict[str, torch.Tensor] = field(default_factory=dict)
     fixed: dict[str, torch.Tensor | None] = field(default_factory=dict)
     derivatives: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    ridge: dict[str, RidgeState] = field(default_factory=dict)  # per block, for method 'ridge'
     shadow: Shadow | None = None
 
     def __post_init__(self) -> None:
@@ -176,13 +178,13 @@ def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor])
     return swap
 
 
-def _chain_blocks(model: nn.Module, blocks: Sequence[Block | str] | None) -> list[Block]:
+def _chain_blocks(model: nn.Module, blocks: Sequence[Block | str] | None, chains: bool = True) -> list[Block]:
     chosen = (
         Block.all(model)
         if blocks is None
         else [b if isinstance(b, Block) else Block.parse(model, b)[0] for b in blocks]
     )
-    for block in chosen:
+    for block in chosen if chains else []:
         why = block.not_a_chain()
         if why is not None:
             raise fail(
@@ -202,12 +204,17 @@ def linear_backward(
     blocks: Sequence[Block | str] | None = None,
     shadow: bool | Sequence[str] = False,
     momentum: float = 0.9,
+    refit_every: int = 50,
+    forgetting: float = 0.9,
 ) -> Iterator[LinearBackward]:
     """Within the body, every backward of `model` goes through the method's matrices.
 
     Layer methods (fa, usf, brsf, frsf): each Linear/Conv2d layer sends δ·B below instead of δ·W.
     dfa: the output error e goes to every layer's input as e·B_l (no layer sends anything below).
     expected-mask: each chain block (default `Block.all(model)`) sends grad·W_L·diag(E σ')·…·W_1.
+    ridge: each block (default `Block.all(model)`) sends grad·M, M refitted by ridge on the block's
+    true gradient pairs every `refit_every` steps and blended in with `forgetting`
+    (`blocks.ridge_backward`); exact until the first fit (`lb.ridge[label].fitted`).
     bp: nothing changes. shadow=True also measures, at every backward, the angle of each layer's
     update to true backprop's (an extra exact forward and backward; the training is unchanged);
     shadow=["fa", "dfa", ...] measures those methods too, each on a copy of the model running its
@@ -215,6 +222,9 @@ def linear_backward(
     """
     check_module("model", model)
     check_choice("method", method, list(BACKWARD_METHODS))
+    check_positive_int("refit_every", refit_every)
+    if isinstance(forgetting, bool) or not isinstance(forgetting, (int, float)) or not 0 <= forgetting < 1:
+        raise fail("forgetting", "a number in [0, 1)", repr(forgetting), "pass e.g. 0.9")
     lb = LinearBackward(model, method, seed, momentum)
     with ExitStack() as stack:
         if method in LAYER_METHODS:
@@ -226,13 +236,18 @@ def linear_backward(
             from .direct_feedback import direct_feedback
 
             stack.enter_context(direct_feedback(lb, _layers(model, method)))
+        elif method == "ridge":
+            for block in Block.all(model) if blocks is None else _chain_blocks(model, blocks, chains=False):
+                lb.ridge[block.label] = RidgeState(refit_every, forgetting)
+                stack.enter_context(ridge_backward(block, lb.ridge[block.label]))
         elif method in BLOCK_METHODS:
             for block in _chain_blocks(model, blocks):
                 seen: dict[int, torch.Tensor] = {}
                 stack.enter_context(_derivatives_seen(block, seen))
                 stack.enter_context(boundaries(block, swap=_block_swap(lb, block, seen), cut=True))
         if shadow:
-            others = _shadowed(shadow, method, seed, blocks, momentum)
+            refits = {"refit_every": refit_every, "forgetting": forgetting}
+            others = _shadowed(shadow, method, seed, blocks, momentum, **refits)
             lb.shadow = stack.enter_context(Shadow.watching(model, _layer_names(model), others))
         yield lb
 
@@ -243,6 +258,7 @@ def _shadowed(
     seed: int,
     blocks: Sequence[Block | str] | None,
     momentum: float,
+    **refits: Any,
 ) -> dict[str, Any]:
     """{other listed method: how to open it on a copy of the model}, checked before any work."""
     listed = [] if shadow is True else list(shadow)  # type: ignore[arg-type]
@@ -250,7 +266,7 @@ def _shadowed(
         check_choice("shadow", name, list(BACKWARD_METHODS))
     paths = None if blocks is None else [b.label if isinstance(b, Block) else b for b in blocks]
     return {
-        name: (lambda twin, name=name: linear_backward(twin, name, seed, paths, False, momentum))
+        name: (lambda twin, name=name: linear_backward(twin, name, seed, paths, False, momentum, **refits))
         for name in listed
         if name != method
     }

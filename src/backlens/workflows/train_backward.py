@@ -257,7 +257,7 @@ def train_one(
     step, train_time = 0, 0.0
     kept = _snapshot(model)  # the last finished epoch's weights: what a stopped run keeps
     model.train()
-    with torch_threads(options.threads), linear_backward(model, method, seed=seed):
+    with torch_threads(options.threads), linear_backward(model, method, seed=seed) as lb:
         for epoch in range(options.epochs):
             total, start = 0.0, time.perf_counter()
             for xb, yb in loader(train, options.batch_size, shuffle=True, seed=1000 * seed + epoch):
@@ -308,6 +308,8 @@ def train_one(
         "epochs": epochs,
         "final": {"train_metric": final_train, "test_metric": final_test},
         "stopped": stopped,
+        # ridge: refits per block (0: the block passed the exact gradient throughout)
+        "ridge_fits": {label: state.fits for label, state in lb.ridge.items()} or None,
         "alignment": {"steps": shadow_steps, "layers": angles, "kinds": kinds} if options.shadow else None,
     }
 
@@ -337,6 +339,12 @@ def run_train(options: TrainOptions, console: Console | None = None) -> dict[str
             split = train_data(options, prepared.dataset, seed)
             for method in methods:
                 runs.append(train_one(prepared.build(seed), method, split, options, seed, advance))
+                unfitted = [b for b, fits in (runs[-1]["ridge_fits"] or {}).items() if fits == 0]
+                if unfitted:
+                    console.print(
+                        f"[yellow]{method} seed {seed}: blocks {', '.join(unfitted)} were never refitted "
+                        f"in {runs[-1]['steps']} steps: they passed the exact gradient[/yellow]"
+                    )
                 if runs[-1]["stopped"] is not None:
                     s, kept = runs[-1]["stopped"], len(runs[-1]["epochs"])
                     console.print(
