@@ -40,16 +40,6 @@ from backlens import BacklensError, Block, collect, compare, fit_method, mean_ja
 from backlens.blocks.methods import DEFAULT_METHODS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: with two intra-op threads on a loaded 2-core machine each op waits on the
-    # other thread, and this file runs ~70× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     ("factory", "start", "end", "enclosing"),
     [

@@ -31,15 +31,6 @@ from torch import nn
 from backlens import BacklensError, Block, LinearMap, collect, compare, mean_jacobian, replaced, weights_only
 from backlens.blocks.inuse import backward_cosine, forward_metric
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: one thread is ~70× faster on a loaded machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- residual blocks in use: exact maps change nothing; any map equals the surrogate ---------
 
 # (block path, the block's input a from h = inp(x), the model's output from h and the block's output)

@@ -20,14 +20,6 @@ from backlens import BacklensError, Block, collect, compare, mean_jacobian, weig
 from backlens.blocks.inuse import backward_cosine
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: one thread is ~70× faster on a loaded machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ResidualSequential(nn.Sequential):
     """A Sequential subclass with its own forward: x + (its children in order)(x)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import BacklensError, check_choice, fail
 from ..linear import methods as names
@@ -93,34 +94,36 @@ def _backward_only(method: Method, direction: str) -> NotApplicable | None:
     return NotApplicable(method.label, direction, reason)
 
 
+def _backward_ridge(
+    method: Method, direction: str, moments: Moments | None, missing: str, name: str, info: dict[str, Any]
+) -> LinearMap | NotApplicable:
+    """Backward ridge, no intercept, on pairs other than the gradients themselves."""
+    if (skip := _backward_only(method, direction)) is not None:
+        return skip
+    if moments is None:
+        return NotApplicable(method.label, direction, f"{method.name} needs {missing}")
+    fitted = ridge(moments, alpha="gcv", intercept=False)
+    fitted.method = name
+    fitted.info.update(info)
+    return fitted
+
+
 def _ridge_probe(
     method: Method, block: Block, collection: Collection, direction: str
 ) -> LinearMap | NotApplicable:
     """Backward ridge on (v, v·J) probe pairs: an estimate of E[J] from isotropic cotangents."""
-    if (skip := _backward_only(method, direction)) is not None:
-        return skip
-    if collection.probe is None:
-        reason = f"{method.name} needs probe pairs: collect with probes=K (e.g. {PROBES})"
-        return NotApplicable(method.label, direction, reason)
-    fitted = ridge(collection.probe, alpha="gcv", intercept=False)
-    fitted.method = names.RIDGE_PROBE
-    fitted.info.update({"fitted_on": "probe", "probes": collection.probes})
-    return fitted
+    missing = f"probe pairs: collect with probes=K (e.g. {PROBES})"
+    info = {"fitted_on": "probe", "probes": collection.probes}
+    return _backward_ridge(method, direction, collection.probe, missing, names.RIDGE_PROBE, info)
 
 
 def _ridge_direction(
     method: Method, block: Block, collection: Collection, direction: str
 ) -> LinearMap | NotApplicable:
     """Backward ridge on the gradient pairs scaled by 1/‖grad_out‖: every row counts once."""
-    if (skip := _backward_only(method, direction)) is not None:
-        return skip
-    if collection.weighted is None:
-        reason = f"{method.name} needs direction-weighted pairs: collect with weighting='direction'"
-        return NotApplicable(method.label, direction, reason)
-    fitted = ridge(collection.weighted, alpha="gcv", intercept=False)
-    fitted.method = names.RIDGE_DIRECTION
-    fitted.info.update({"fitted_on": "backward", "weighting": "direction"})
-    return fitted
+    missing = "direction-weighted pairs: collect with weighting='direction'"
+    info = {"fitted_on": "backward", "weighting": "direction"}
+    return _backward_ridge(method, direction, collection.weighted, missing, names.RIDGE_DIRECTION, info)
 
 
 def _reduced_rank(method: Method, block: Block, collection: Collection, direction: str) -> LinearMap:
