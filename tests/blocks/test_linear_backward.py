@@ -299,3 +299,31 @@ def test_ridge_arguments_are_checked(kwargs, match: str) -> None:
     with pytest.raises(BacklensError, match=match):
         with linear_backward(mlp(), "ridge", **kwargs):
             pass
+
+
+def test_expected_mask_feedback_is_the_map_of_the_step_even_read_after_the_optimizer_step() -> None:
+    # The map is applied factor by factor and formed only when read: read after optimizer.step it
+    # must still be the product of the weights that backward used, not of the updated ones.
+    model, (x, y) = mlp(), batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with linear_backward(model, method="expected-mask", blocks=["2:4"], momentum=0.0) as lb:
+        F.mse_loss(model(x), y).backward()
+        a1 = torch.tanh(model[0](x)).detach()
+        M = expected_mask(model[2:5], a1, "backward").matrix
+        optimizer.step()
+    assert not torch.allclose(expected_mask(model[2:5], a1, "backward").matrix, M)  # weights moved
+    torch.testing.assert_close(lb.feedback["2:4"], M, rtol=0, atol=ATOL)
+
+
+def test_ridge_fits_nothing_for_a_block_with_nothing_below_it() -> None:
+    # Block 0:2 reads the data: nothing below wants a gradient, so no map is needed or fitted and
+    # the block's own gradients are backprop's.
+    model, (x, y) = mlp(), batch()
+    F.mse_loss(model(x), y).backward()
+    truth = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with linear_backward(model, "ridge", blocks=["0:2"], refit_every=1) as lb:
+        F.mse_loss(model(x), y).backward()
+    state = lb.ridge["0:2"]
+    assert state.needed is False and state.fits == 0 and state.window is None
+    assert all(torch.equal(p.grad, t) for p, t in zip(model.parameters(), truth, strict=True))

@@ -18,12 +18,13 @@ weight's own gradient stays local: dW = δᵀa with the δ that arrived.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 
 import torch
 from torch import nn
 
 __all__ = [
+    "Feedback",
     "LAYER_RULES",
     "LAYER_TYPES",
     "fixed_part",
@@ -64,8 +65,8 @@ def _sign(weight: torch.Tensor) -> torch.Tensor:
 # name -> (draw the fixed part once, or None; B from (W, generator, fixed part))
 LAYER_RULES: dict[str, tuple[Callable[..., torch.Tensor] | None, Callable[..., torch.Tensor]]] = {
     "fa": (_uniform, lambda w, g, fixed: fixed),
-    "usf": (None, lambda w, g, fixed: _sign(w) * (init_bound(w) / math.sqrt(3))),
-    "brsf": (None, lambda w, g, fixed: _abs_normal(w, g) * _sign(w)),
+    "usf": (None, lambda w, g, fixed: _sign(w).mul_(init_bound(w) / math.sqrt(3))),
+    "brsf": (None, lambda w, g, fixed: _abs_normal(w, g).mul_(_sign(w))),
     "frsf": (_abs_normal, lambda w, g, fixed: fixed * _sign(w)),
 }
 
@@ -107,3 +108,36 @@ def send_below(layer: nn.Module, B: torch.Tensor, grad: torch.Tensor, x: torch.T
         layer.dilation,
         layer.groups,
     )
+
+
+class Feedback(MutableMapping[str, torch.Tensor]):
+    """{layer or block name: the matrix its last backward used}. A value may be stored as a
+    zero-argument function, built on first read and kept: block maps (W_L·diag(E σ')·…·W_1) are
+    applied factor by factor in training, so the product is only formed when someone looks."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, torch.Tensor | Callable[[], torch.Tensor]] = {}
+
+    def defer(self, name: str, build: Callable[[], torch.Tensor]) -> None:
+        self._values[name] = build
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        value = self._values[name]
+        if not isinstance(value, torch.Tensor):
+            value = self._values[name] = value()
+        return value
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        self._values[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Feedback({sorted(self._values)})"

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..byhand.chain import ActivationStep, Chain, chain_leaves, read_chain
+from ..byhand.chain import ActivationStep, Chain, LinearStep, chain_leaves, read_chain
 from ..errors import check_choice, check_module, check_positive_int, fail
 from ..linear.analytic import derivative_product
+from ..torch_private import lazy_clone
 from .block import Block
 from .boundary import boundaries
-from .feedback import LAYER_RULES, feedback_matrix, fixed_part, send_below, unsupported
+from .feedback import LAYER_RULES, Feedback, feedback_matrix, fixed_part, send_below, unsupported
 from .inuse import swap_backward
 from .ridge_backward import RidgeState, ridge_backward
 from .shadow import Shadow
@@ -43,7 +44,7 @@ class LinearBackward:
     method: str
     seed: int
     momentum: float = 0.9
-    feedback: dict[str, torch.Tensor] = field(default_factory=dict)
+    feedback: Feedback = field(default_factory=Feedback)
     fixed: dict[str, torch.Tensor | None] = field(default_factory=dict)
     derivatives: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     ridge: dict[str, RidgeState] = field(default_factory=dict)  # per block, for method 'ridge'
@@ -146,7 +147,7 @@ def _derivatives_seen(block: Block, seen: dict[int, torch.Tensor]) -> Iterator[N
             def record(module: nn.Module, args: tuple[Any, ...], i: int = i, rule: Any = step.rule) -> None:
                 if inside[0]:
                     z = args[0].detach()
-                    seen[i] = rule.derivative(z).reshape(-1, z.shape[-1]).mean(dim=0).double().cpu()
+                    seen[i] = rule.derivative(z).reshape(-1, z.shape[-1]).double().mean(dim=0)
 
             handles.append(step.module.register_forward_pre_hook(record))
     handles.append(block.exit.register_forward_hook(leave))
@@ -157,12 +158,29 @@ def _derivatives_seen(block: Block, seen: dict[int, torch.Tensor]) -> Iterator[N
             handle.remove()
 
 
+def _snapshot(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as this step uses it, kept when the optimizer then writes it (copy-on-write on
+    the CPU: the copy is paid only by the write)."""
+    w = weight.detach()
+    return lazy_clone(w) if lazy_clone is not None and w.device.type == "cpu" else w.clone()
+
+
 def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor]):  # type: ignore[no-untyped-def]
-    """expected-mask: grad_in = grad_out·W_L·diag(E σ')·…·W_1, E σ' a running mean over batches."""
+    """expected-mask: grad_in = grad_out·W_L·diag(E σ')·…·W_1, E σ' a running mean over batches,
+    applied factor by factor from the output side (as cheap as backprop through the block); the
+    product itself is formed only when lb.feedback is read."""
+    chain = read_chain(chain_leaves(block.layers()))
+    assert isinstance(chain, Chain)
+    steps = list(enumerate(chain.steps))[::-1]
+    used: list[tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]] = []  # this step's factors
 
     def gradient_below(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        M = lb.feedback[block.label].to(device=grad.device, dtype=grad.dtype)
-        return (grad.reshape(-1, M.shape[0]) @ M).reshape(x.shape)
+        derivatives, weights = used[-1]
+        g = grad.reshape(-1, grad.shape[-1])
+        for i, step in steps:
+            factor = weights[i] if isinstance(step, LinearStep) else derivatives[i].to(g.dtype)
+            g = g @ factor if isinstance(step, LinearStep) else g * factor
+        return g.reshape(x.shape)
 
     inner = swap_backward(gradient_below, local=True)
 
@@ -172,7 +190,9 @@ def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor])
         if previous is not None:
             batch = {i: lb.momentum * previous[i] + (1 - lb.momentum) * s for i, s in batch.items()}
         lb.derivatives[block.label] = batch
-        lb.feedback[block.label] = derivative_product(block.layers(), batch)
+        weights = {i: _snapshot(s.linear.weight) for i, s in steps if isinstance(s, LinearStep)}
+        used[:] = [(batch, weights)]
+        lb.feedback.defer(block.label, lambda: derivative_product(block.layers(), batch, weights))
         return inner(x, y)
 
     return swap

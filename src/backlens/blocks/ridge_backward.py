@@ -7,6 +7,8 @@ intercept: a backward map is linear in the gradient) and blended into the map in
 M ← λ·M + (1 − λ)·M_window (λ = `forgetting`; the first fit is taken whole), so old windows fade
 geometrically. Until the first fit the block passes the exact gradient (`fitted` says so). The
 block's own parameters get their local gradients from the δ that arrives, as with every method.
+A block whose input needs no gradient (the first layers, on data) sends nothing below, so no
+map is fitted for it (`needed` is False) and it costs nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class RidgeState:
     window: Moments | None = None
     steps: int = 0
     fits: int = 0
+    needed: bool | None = None  # does anything below the block want a gradient (None: not run yet)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,10 +109,14 @@ class _RidgeBackward(torch.autograd.Function):
 def ridge_backward(block: Block, state: RidgeState) -> Iterator[None]:
     """Hooks for one block: its input replaced by a leaf of its own (so the block's VJP can be
     taken), its output passed through _RidgeBackward. The block must run once per forward."""
-    entered: list[tuple[torch.Tensor, torch.Tensor]] = []
+    entered: list[tuple[torch.Tensor, torch.Tensor] | None] = []
 
     def enter(module: nn.Module, args: tuple[Any, ...]) -> Any:
         x = args[0]
+        state.needed = isinstance(x, torch.Tensor) and x.requires_grad
+        if not state.needed:  # nothing below wants a gradient: no map to send one, none to fit
+            entered[:] = [None]
+            return None
         leaf = x.detach().requires_grad_(True)
         entered[:] = [(x, leaf)]
         return (leaf, *args[1:])
@@ -122,7 +129,10 @@ def ridge_backward(block: Block, state: RidgeState) -> Iterator[None]:
                 f"{block.label} returning {describe(output)}",
                 "pick another block",
             )
-        x, leaf = entered.pop()
+        crossing = entered.pop()
+        if crossing is None:
+            return None
+        x, leaf = crossing
         return _RidgeBackward.apply(output, leaf, x, state)
 
     handles = [block.entry.register_forward_pre_hook(enter), block.exit.register_forward_hook(leave)]

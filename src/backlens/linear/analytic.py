@@ -174,11 +174,19 @@ def mean_derivatives(layers: Any, X_in: torch.Tensor) -> dict[int, torch.Tensor]
     return {i: s / X.shape[0] for i, s in sums.items()}
 
 
-def derivative_product(layers: Any, derivatives: dict[int, torch.Tensor]) -> torch.Tensor:
-    """W_L·diag(s_{L−1})·…·W_1 with the current weights and the given mean derivatives:
-    (block_out, block_in), the backward map's matrix (grad_in ≈ grad_out·J)."""
+def derivative_product(
+    layers: Any, derivatives: dict[int, torch.Tensor], weights: dict[int, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """W_L·diag(s_{L−1})·…·W_1 with the given mean derivatives: (block_out, block_in), the backward
+    map's matrix (grad_in ≈ grad_out·J). The weights are the layers' current ones, or `weights`
+    (keyed by step index, as the derivatives): those a training step used, kept as they were."""
     ops = _parse(layers, None)
-    return _product(ops.steps, derivatives, ops.d_in)
+    steps = tuple(
+        Affine(weights[i].detach().double().cpu(), None) if weights and i in weights else step
+        for i, step in enumerate(ops.steps)
+    )
+    diags = {i: s.double().cpu() for i, s in derivatives.items()}
+    return _product(steps, diags, ops.d_in)
 
 
 def _transposed(steps: tuple[Op, ...]) -> tuple[Op, ...]:

@@ -308,8 +308,9 @@ def train_one(
         "epochs": epochs,
         "final": {"train_metric": final_train, "test_metric": final_test},
         "stopped": stopped,
-        # ridge: refits per block (0: the block passed the exact gradient throughout)
-        "ridge_fits": {label: state.fits for label, state in lb.ridge.items()} or None,
+        # ridge: refits per block (0: the block passed the exact gradient throughout); blocks with
+        # nothing below them that wants a gradient need no map and are left out
+        "ridge_fits": {label: state.fits for label, state in lb.ridge.items() if state.needed} or None,
         "alignment": {"steps": shadow_steps, "layers": angles, "kinds": kinds} if options.shadow else None,
     }
 
