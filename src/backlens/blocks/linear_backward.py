@@ -20,7 +20,6 @@ from torch import nn
 from ..byhand.chain import ActivationStep, Chain, LinearStep, chain_leaves, read_chain
 from ..errors import check_choice, check_module, check_positive_int, fail
 from ..linear.analytic import derivative_product
-from ..torch_private import lazy_clone
 from .block import Block
 from .boundary import boundaries
 from .feedback import LAYER_RULES, Feedback, feedback_matrix, fixed_part, send_below, unsupported
@@ -147,7 +146,7 @@ def _derivatives_seen(block: Block, seen: dict[int, torch.Tensor]) -> Iterator[N
             def record(module: nn.Module, args: tuple[Any, ...], i: int = i, rule: Any = step.rule) -> None:
                 if inside[0]:
                     z = args[0].detach()
-                    seen[i] = rule.derivative(z).reshape(-1, z.shape[-1]).double().mean(dim=0)
+                    seen[i] = rule.derivative(z).reshape(-1, z.shape[-1]).mean(dim=0, dtype=torch.float64)
 
             handles.append(step.module.register_forward_pre_hook(record))
     handles.append(block.exit.register_forward_hook(leave))
@@ -158,11 +157,14 @@ def _derivatives_seen(block: Block, seen: dict[int, torch.Tensor]) -> Iterator[N
             handle.remove()
 
 
-def _snapshot(weight: torch.Tensor) -> torch.Tensor:
-    """The weight as this step uses it, kept when the optimizer then writes it (copy-on-write on
-    the CPU: the copy is paid only by the write)."""
+def _snapshot(weight: torch.Tensor, kept: dict[int, torch.Tensor], i: int) -> torch.Tensor:
+    """The weight as this step uses it, copied into a buffer kept from step to step: the optimizer
+    then writes the weight, not the copy, and no fresh memory is touched (a new tensor, or a
+    copy-on-write clone that the optimizer's write materialises, costs page faults every step)."""
     w = weight.detach()
-    return lazy_clone(w) if lazy_clone is not None and w.device.type == "cpu" else w.clone()
+    if i not in kept or kept[i].shape != w.shape or kept[i].dtype != w.dtype or kept[i].device != w.device:
+        kept[i] = torch.empty_like(w)
+    return kept[i].copy_(w)
 
 
 def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor]):  # type: ignore[no-untyped-def]
@@ -173,6 +175,7 @@ def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor])
     assert isinstance(chain, Chain)
     steps = list(enumerate(chain.steps))[::-1]
     used: list[tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]] = []  # this step's factors
+    kept: dict[int, torch.Tensor] = {}  # the weights' copies, rewritten each step
 
     def gradient_below(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         derivatives, weights = used[-1]
@@ -190,7 +193,7 @@ def _block_swap(lb: LinearBackward, block: Block, seen: dict[int, torch.Tensor])
         if previous is not None:
             batch = {i: lb.momentum * previous[i] + (1 - lb.momentum) * s for i, s in batch.items()}
         lb.derivatives[block.label] = batch
-        weights = {i: _snapshot(s.linear.weight) for i, s in steps if isinstance(s, LinearStep)}
+        weights = {i: _snapshot(s.linear.weight, kept, i) for i, s in steps if isinstance(s, LinearStep)}
         used[:] = [(batch, weights)]
         lb.feedback.defer(block.label, lambda: derivative_product(block.layers(), batch, weights))
         return inner(x, y)
