@@ -293,7 +293,12 @@ def test_ridge_is_exact_until_its_first_fit_and_converges_to_a_linear_blocks_bac
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"), [({"refit_every": 0}, "refit_every"), ({"forgetting": 1.0}, "forgetting")]
+    ("kwargs", "match"),
+    [
+        ({"refit_every": 0}, "refit_every"),
+        ({"forgetting": 1.0}, "forgetting"),
+        ({"record_every": 0}, "record_every"),
+    ],
 )
 def test_ridge_arguments_are_checked(kwargs, match: str) -> None:
     with pytest.raises(BacklensError, match=match):
@@ -327,3 +332,22 @@ def test_ridge_fits_nothing_for_a_block_with_nothing_below_it() -> None:
     state = lb.ridge["0:2"]
     assert state.needed is False and state.fits == 0 and state.window is None
     assert all(torch.equal(p.grad, t) for p, t in zip(model.parameters(), truth, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("record_every", "refit_every", "rows_per_fit"), [(1, 4, 4 * 7), (2, 4, 2 * 7), (3, 6, 2 * 7)]
+)
+def test_ridge_records_the_pairs_of_every_kth_step_and_refits_on_them(
+    record_every: int, refit_every: int, rows_per_fit: int
+) -> None:
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    opts = {"blocks": ["2:4"], "refit_every": refit_every, "record_every": record_every}
+    with linear_backward(model, "ridge", **opts) as lb:
+        for step in range(2 * refit_every):
+            x, y = batch(step)
+            optimizer.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            optimizer.step()
+    state = lb.ridge["2:4"]
+    assert state.fits == 2 and state.info["n"] == rows_per_fit  # batch() has 7 rows

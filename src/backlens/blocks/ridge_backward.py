@@ -37,6 +37,7 @@ class RidgeState:
 
     refit_every: int
     forgetting: float
+    record_every: int = 1
     matrix: torch.Tensor | None = None
     window: Moments | None = None
     steps: int = 0
@@ -48,13 +49,21 @@ class RidgeState:
     def fitted(self) -> bool:
         return self.matrix is not None
 
-    def record(self, g_out: torch.Tensor, g_in: torch.Tensor) -> None:
-        X, Y = to_rows(g_out.detach(), "shared"), to_rows(g_in.detach(), "shared")
-        if self.window is None:
-            self.window = Moments(X.shape[1], Y.shape[1])
-        self.window.update(X, Y)
+    @property
+    def recording(self) -> bool:
+        """Whether the coming backward's pairs go into the window (every record_every-th, from
+        the first)."""
+        return self.steps % self.record_every == 0
+
+    def record(self, g_out: torch.Tensor, g_in: torch.Tensor | None) -> None:
+        """One backward: its pairs into the window when recording, then a refit every K steps."""
+        if g_in is not None:
+            X, Y = to_rows(g_out.detach(), "shared"), to_rows(g_in.detach(), "shared")
+            if self.window is None:
+                self.window = Moments(X.shape[1], Y.shape[1])
+            self.window.update(X, Y)
         self.steps += 1
-        if self.steps % self.refit_every == 0:
+        if self.steps % self.refit_every == 0 and self.window is not None:
             self._refit()
 
     def _refit(self) -> None:
@@ -93,15 +102,18 @@ class _RidgeBackward(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         y, leaf = ctx.saved_tensors
         state: RidgeState = ctx.state
-        with torch.enable_grad():
-            (true,) = torch.autograd.grad(y, leaf, grad, retain_graph=True, allow_unused=True)
-        true = torch.zeros_like(leaf) if true is None else true
-        state.record(grad, true)
-        if state.matrix is None:
+        recording, matrix = state.recording, state.matrix  # before this step's refit
+        true = None
+        if recording or matrix is None:  # the true VJP: a pair to record, or the gradient itself
+            with torch.enable_grad():
+                (true,) = torch.autograd.grad(y, leaf, grad, retain_graph=True, allow_unused=True)
+            true = torch.zeros_like(leaf) if true is None else true
+        state.record(grad, true if recording else None)
+        if matrix is None:
             below = true
         else:
-            M = state.matrix.to(device=grad.device, dtype=grad.dtype)
-            below = from_rows(to_rows(grad, "shared") @ M, true, "shared")
+            M = matrix.to(device=grad.device, dtype=grad.dtype)
+            below = from_rows(to_rows(grad, "shared") @ M, leaf, "shared")
         return grad, None, below if ctx.needs_input_grad[2] else None, None
 
 
