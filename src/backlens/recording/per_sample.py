@@ -162,6 +162,30 @@ def trace_grads(
     extra = _check_fallback(fallback)
     record = trace[name]
     module = trace.module(name)
+    rule, names = _grads_rule(trace, name, record, module, extra)
+    calls = _calls(trace, record)
+    if calls is None:
+        raise fail(
+            "name",
+            "a module whose calls a backward reached",
+            f"{name!r} without",
+            "run loss.backward() inside the trace",
+        )
+    scale = loss_scale(reduction, _batch(calls, module))
+    _check_closed(trace, rule, f"rec.per_sample_grads({name!r})")
+    if out is not None:
+        if rule is not RULES[nn.Linear]:
+            raise fail("out", "None for a module other than nn.Linear", "buffers", "drop out=")
+        acts, backs = first_pairs(calls)
+        return linear_grads(acts, backs, scale=scale, out=out, weight="weight" in names, bias="bias" in names)
+    return rule.grads(module, calls, scale, names)
+
+
+def _grads_rule(
+    trace: Trace, name: str, record: ModuleRecord, module: nn.Module | None, extra: Rule | None
+) -> tuple[Rule, frozenset[str]]:
+    """The rule that gives module `name`'s per-sample gradients, and its trainable parameters;
+    raise when there is none, when it lacks the module or its calls, or when all is frozen."""
     rule = rule_for(module, record.module_type) or extra
     if rule is None:
         supported = ", ".join(f"nn.{t.__name__}" for t in RULES)
@@ -201,22 +225,7 @@ def trace_grads(
             f"{name!r}, all frozen",
             "unfreeze a parameter",
         )
-    calls = _calls(trace, record)
-    if calls is None:
-        raise fail(
-            "name",
-            "a module whose calls a backward reached",
-            f"{name!r} without",
-            "run loss.backward() inside the trace",
-        )
-    scale = loss_scale(reduction, _batch(calls, module))
-    _check_closed(trace, rule, f"rec.per_sample_grads({name!r})")
-    if out is not None:
-        if rule is not RULES[nn.Linear]:
-            raise fail("out", "None for a module other than nn.Linear", "buffers", "drop out=")
-        acts, backs = first_pairs(calls)
-        return linear_grads(acts, backs, scale=scale, out=out, weight="weight" in names, bias="bias" in names)
-    return rule.grads(module, calls, scale, names)
+    return rule, names
 
 
 def _trainable(trace: Trace, record: ModuleRecord, module: nn.Module | None, children: bool) -> list[str]:
