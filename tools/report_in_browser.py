@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +36,36 @@ MEASURE = """() => Array.from(document.querySelectorAll('table, img, svg')).map(
 })"""
 
 
-def check_in_browser(report: Path, executable: str) -> dict[str, Any]:
-    """Load the report; return what was seen: console errors, requests, element boxes."""
+@contextmanager
+def launched(executable: str) -> Iterator[Any]:
+    """A headless Chromium (playwright's Browser), closed on exit."""
     from playwright.sync_api import sync_playwright
 
-    url = report.resolve().as_uri()
-    seen: dict[str, Any] = {"console_errors": [], "page_errors": [], "requests": []}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
-            page.on("pageerror", lambda e: seen["page_errors"].append(str(e)))
-            page.on("request", lambda r: seen["requests"].append(r.url))
-            page.goto(url, wait_until="load")
-            seen["elements"] = page.evaluate(MEASURE)
-            seen["title"] = page.title()
-            shot = report.parent / SCREENSHOT_NAME
-            page.screenshot(path=str(shot), full_page=True)
-            seen["screenshot"] = str(shot)
+            yield browser
         finally:
             browser.close()
+
+
+def check_in_browser(report: Path, browser: Any) -> dict[str, Any]:
+    """Load the report in a fresh page; return what was seen: console errors, requests, boxes."""
+    url = report.resolve().as_uri()
+    seen: dict[str, Any] = {"console_errors": [], "page_errors": [], "requests": []}
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
+        page.on("pageerror", lambda e: seen["page_errors"].append(str(e)))
+        page.on("request", lambda r: seen["requests"].append(r.url))
+        page.goto(url, wait_until="load")
+        seen["elements"] = page.evaluate(MEASURE)
+        seen["title"] = page.title()
+        shot = report.parent / SCREENSHOT_NAME
+        page.screenshot(path=str(shot), full_page=True)
+        seen["screenshot"] = str(shot)
+    finally:
+        page.close()
     # The page itself and inline data: URLs never leave the file.
     seen["outside"] = [u for u in seen["requests"] if u != url and not u.startswith("data:")]
     return seen
@@ -81,7 +92,8 @@ def main(argv: list[str]) -> int:
     if executable is None:
         print("no chromium installed: apt-get install -y chromium")
         return 2
-    seen = check_in_browser(Path(argv[0]) / "report.html", executable)
+    with launched(executable) as browser:
+        seen = check_in_browser(Path(argv[0]) / "report.html", browser)
     counts = {t: sum(e["tag"] == t for e in seen["elements"]) for t in ("table", "img", "svg")}
     print(f"{seen['title']}: {counts}, {len(seen['requests'])} requests, screenshot {seen['screenshot']}")
     found = problems(seen)
