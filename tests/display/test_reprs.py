@@ -117,3 +117,18 @@ def blocks_thread_rows():
     return backlens.compare(
         model, block, loader(0, 80), loader(80, 120), methods=methods, show_progress=False
     )
+
+
+def test_plain_reprs_are_one_short_line(traced):
+    model = backlens.build_mlp([3, 4, 1], "tanh", seed=0).double()
+    x, y = backlens.seed_regression(6, seed=0)
+    report = backlens.check(model, x.double(), y.double())
+    call = traced["0"].calls[0]
+    expected = {
+        repr(traced): "<Trace of 3 modules, 3 calls recorded>",
+        repr(traced["0"]): "<ModuleRecord '0' (Linear): 1 call>",
+        repr(call): "<Call 0 of '0': input 4×3, output 4×2, with backward>",
+        repr(report): f"<Report of {len(report.rows)} checks, all within tolerance: mse (mean), float64>",
+    }
+    for got, want in expected.items():
+        assert got == want

@@ -113,6 +113,11 @@ class Report:
             )
         return table
 
+    def __repr__(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        verdict = "all within tolerance" if self.ok else f"{len(self.failures)} mismatches"
+        return f"<Report of {len(self.rows)} checks, {verdict}: {self.loss} ({self.reduction}), {dtype}>"
+
     def _repr_html_(self) -> str:
         from ..display import html_table, wrap
 

@@ -67,6 +67,15 @@ class Call:
 
         return call_html(self)
 
+    def __repr__(self) -> str:
+        shapes = [
+            f"{label} {'×'.join(map(str, t.shape)) or 'scalar'}"
+            for label, t in (("input", self.input), ("output", _first(self.output)))
+            if isinstance(t, torch.Tensor)
+        ]
+        backward = "no backward" if self.grad_outputs is None else "with backward"
+        return f"<Call {self.index} of {self.module or '(model)'!r}: {', '.join(shapes)}, {backward}>"
+
 
 def _first(values: Any) -> torch.Tensor | None:
     found = tensors_in(values)
@@ -112,6 +121,10 @@ class ModuleRecord:
         from .display import record_html
 
         return record_html(self)
+
+    def __repr__(self) -> str:
+        calls = len(self.calls)
+        return f"<ModuleRecord {self.name or '(model)'!r} ({self.module_type}): {calls} call{'s' * (calls != 1)}>"
 
     @property
     def input(self) -> torch.Tensor | None:
