@@ -123,8 +123,8 @@ class ModuleRecord:
         return record_html(self)
 
     def __repr__(self) -> str:
-        calls = len(self.calls)
-        return f"<ModuleRecord {self.name or '(model)'!r} ({self.module_type}): {calls} call{'s' * (calls != 1)}>"
+        calls = f"{len(self.calls)} call" + ("s" if len(self.calls) != 1 else "")
+        return f"<ModuleRecord {self.name or '(model)'!r} ({self.module_type}): {calls}>"
 
     @property
     def input(self) -> torch.Tensor | None:
