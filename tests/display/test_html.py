@@ -82,3 +82,9 @@ def test_sparkline_is_inline_svg_with_one_point_per_value():
 
 def test_sparkline_of_nothing_says_so():
     assert "no spectrum" in sparkline([0.0, 0.0])
+
+
+@pytest.mark.parametrize("broken", ["<div><span></div>", "<table><tr><td>1</td></tr>", "</p>"])
+def test_the_well_formedness_check_can_fail(broken):
+    with pytest.raises(AssertionError):
+        parse(broken)
