@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.backlens-installed
 
-.PHONY: setup demo test test-all bench lint readme clean
+.PHONY: setup demo test test-all bench lint readme notebooks clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # README's figures from the code as it is (tests/test_readme.py fails when they are stale).
 readme: $(STAMP)
 	$(BIN)/python tools/readme_figures.py
+
+# examples/*.ipynb rebuilt and executed, stored with their outputs (make test runs them again).
+notebooks: $(STAMP)
+	$(BIN)/python tools/make_notebooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools

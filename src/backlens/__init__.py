@@ -3,7 +3,7 @@
 from .blocks.analytic import expected_mask, mean_jacobian, weights_only
 from .blocks.block import Block
 from .blocks.collect import Collection, collect
-from .blocks.compare import CompareRow, Fits, compare, fit_all
+from .blocks.compare import CompareRow, CompareRows, Fits, compare, fit_all
 from .blocks.inuse import replaced
 from .blocks.linear_backward import BACKWARD_METHODS, LinearBackward, linear_backward
 from .blocks.linearity import LinearityRow, linearity
@@ -39,6 +39,10 @@ def __getattr__(name: str) -> object:
         from .linear.estimator import LinearAbstraction
 
         return LinearAbstraction
+    if name == "write_report":  # Jinja2 and the report's templates: on first use only
+        from .report import write_report
+
+        return write_report
     raise AttributeError(f"module 'backlens' has no attribute {name!r}")
 
 
@@ -86,6 +90,7 @@ __all__ = [
     "Collection",
     "compare",
     "CompareRow",
+    "CompareRows",
     "fit_all",
     "fit_method",
     "Fits",
@@ -101,4 +106,5 @@ __all__ = [
     "build_mlp",
     "seed_regression",
     "seed_loader",
+    "write_report",
 ]

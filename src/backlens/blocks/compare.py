@@ -18,7 +18,7 @@ from .block import Block
 from .collect import DIRECTIONS, Collection, Step, collect
 from .methods import DEFAULT_METHODS, PROBES, Method, NotApplicable, fit_or_explain, parse_methods
 
-__all__ = ["compare", "CompareRow", "Fits", "fit_all"]
+__all__ = ["compare", "CompareRow", "CompareRows", "Fits", "fit_all"]
 
 
 @dataclass
@@ -42,8 +42,22 @@ class CompareRow:
     note: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        from .display import compare_html
+
+        return compare_html([self])
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class CompareRows(list[CompareRow]):
+    """The rows of one compare: a plain list that shows itself as one table in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        from .display import compare_html
+
+        return compare_html(self)
 
 
 @dataclass
@@ -167,7 +181,7 @@ def compare(
     step: Step | None = None,
     positions: str | None = None,
     probes: int | None = None,
-) -> list[CompareRow]:
+) -> CompareRows:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
     In use, forward: the loss's task metric (`byhand.losses.LOSSES`: accuracy for 'ce' and
@@ -207,4 +221,4 @@ def compare(
                 rows.append(CompareRow(block.label, method.label, d, note=skipped.reason if skipped else ""))
     for row in rows:
         row.consistency = _consistency(fits, row.method)
-    return rows
+    return CompareRows(rows)

@@ -113,6 +113,27 @@ class Report:
             )
         return table
 
+    def __repr__(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        verdict = "all within tolerance" if self.ok else f"{len(self.failures)} mismatches"
+        return f"<Report of {len(self.rows)} checks, {verdict}: {self.loss} ({self.reduction}), {dtype}>"
+
+    def _repr_html_(self) -> str:
+        from ..display import html_table, wrap
+
+        dtype = str(self.dtype).replace("torch.", "")
+        columns = ("layer", "quantity", "against", "abs err", "rel err", "tol", "ok")
+        cells = [
+            (r.layer, r.quantity, r.oracle, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.tol:.0e}")
+            + ("pass" if r.ok else "FAIL",)
+            for r in self.rows
+        ]
+        css = [[""] * 6 + ["pass" if r.ok else "fail"] for r in self.rows]
+        verdict = "all quantities within tolerance" if self.ok else f"{len(self.failures)} mismatches"
+        caption = f"hand backprop vs autograd, trace, torch.func: {self.loss} ({self.reduction}), {dtype}"
+        table = html_table(columns, cells, f"{caption}: {verdict}", text_columns=(0, 1, 2), classes=css)
+        return wrap(table)
+
     def __str__(self) -> str:
         console = Console(width=120, file=io.StringIO(), record=True)
         console.print(self)

@@ -15,6 +15,7 @@ from ..workflows.mlp import ACTIVATIONS
 from ..workflows.user_model import is_model_spec
 from ..workflows.zoo import ARCH_NAMES
 from .main import app, console, run_or_exit
+from .report import REPORT_HELP, check_report_flag, report_at_end
 
 
 def _run_own_model(
@@ -76,9 +77,12 @@ def abstract_command(
     overwrite: Annotated[
         bool, typer.Option(help="Allow an --out directory that holds an earlier run")
     ] = False,
+    report: Annotated[bool, typer.Option(help=REPORT_HELP)] = False,
 ) -> None:
     """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward."""
     from ..workflows.abstract import AbstractOptions, run_abstract  # its heavy imports: only when run
+
+    check_report_flag(report, out)
 
     # --model file.py:fn and --arch bring their own model (and --arch its data): the MLP's
     # options must not be set beside them
@@ -93,6 +97,7 @@ def abstract_command(
             model=model, weights=weights, data=data, loss=loss, blocks=blocks, direction=direction, seed=seed,
             out=out, overwrite=overwrite, methods=methods,
         )  # fmt: skip
+        report_at_end(report, out, overwrite)
         return
     if weights is not None:
         run_or_exit(_refuse_flags, "--weights", ["--weights without --model file.py:build_fn"])
@@ -103,6 +108,7 @@ def abstract_command(
             arch=arch, epochs=epochs, blocks=blocks, direction=direction, seed=seed, out=out,
             overwrite=overwrite, methods=methods,
         )  # fmt: skip
+        report_at_end(report, out, overwrite)
         return
     options = AbstractOptions(
         data=data,
@@ -122,3 +128,4 @@ def abstract_command(
         overwrite=overwrite,
     )
     run_or_exit(run_abstract, options, console=console)
+    report_at_end(report, out, overwrite)

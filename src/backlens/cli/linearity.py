@@ -8,6 +8,7 @@ import typer
 
 from ..workflows.zoo import ARCH_NAMES
 from .main import app, console, run_or_exit
+from .report import REPORT_HELP, check_report_flag, report_at_end
 
 
 @app.command("linearity")
@@ -24,10 +25,12 @@ def linearity_command(
     overwrite: Annotated[
         bool, typer.Option(help="Allow an --out directory that holds an earlier run")
     ] = False,
+    report: Annotated[bool, typer.Option(help=REPORT_HELP)] = False,
 ) -> None:
     """Train an architecture, then score each block's linearity (Razzhigaev et al. 2024), fit and held out."""
     from ..workflows.arch_run import ArchOptions, run_arch
 
+    check_report_flag(report, out)
     options = ArchOptions(
         arch=arch,
         epochs=epochs,
@@ -39,3 +42,4 @@ def linearity_command(
         linearity_only=True,
     )
     run_or_exit(run_arch, options, console=console)
+    report_at_end(report, out, overwrite)

@@ -88,7 +88,7 @@ def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 # Commands kept in their own modules register themselves on `app` when imported.
-from . import abstract, check, demo, linearity, trace, train  # noqa: E402,F401
+from . import abstract, check, demo, linearity, report, trace, train  # noqa: E402,F401
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from ..blocks.linear_backward import BACKWARD_METHODS
 from ..errors import BacklensError
 from ..workflows.mlp import ACTIVATIONS
 from .main import app, console, run_or_exit
+from .report import REPORT_HELP, check_report_flag, report_at_end
 
 # Arguments of TrainOptions that cli/main.py's FLAGS does not know, said as this command's flags.
 TRAIN_FLAGS = {
@@ -66,11 +67,13 @@ def train_command(
     overwrite: Annotated[
         bool, typer.Option(help="Allow an --out directory that holds an earlier run")
     ] = False,
+    report: Annotated[bool, typer.Option(help=REPORT_HELP)] = False,
 ) -> None:
     """Train one model per backward method (backprop, feedback alignment, DFA, sign symmetry,
     expected-mask) from the same initialisation and data order; compare how they learn."""
     from ..workflows.train_backward import TrainOptions
 
+    check_report_flag(report, out)
     options = TrainOptions(
         data=data,
         target=target,
@@ -89,3 +92,4 @@ def train_command(
         overwrite=overwrite,
     )
     run_or_exit(_run, options)
+    report_at_end(report, out, overwrite)

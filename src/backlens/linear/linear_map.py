@@ -134,6 +134,11 @@ class LinearMap:
             )
         return cls(tensors["matrix"], tensors["bias"], meta["method"], meta.get("info") or {})
 
+    def _repr_html_(self) -> str:
+        from .display import linear_map_html
+
+        return linear_map_html(self)
+
     def __repr__(self) -> str:
         extra = "".join(f", {k}={self.info[k]!r}" for k in ("direction", "alpha", "rank") if k in self.info)
         return f"LinearMap(method={self.method!r}, d_in={self.d_in}, d_out={self.d_out}{extra})"

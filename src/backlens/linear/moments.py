@@ -292,6 +292,11 @@ class Moments:
         out._sums.norms = norms
         return out
 
+    def _repr_html_(self) -> str:
+        from .display import moments_html
+
+        return moments_html(self)
+
     def __repr__(self) -> str:
         n_eff = self.n_eff
         shown = "unknown" if n_eff is None else f"{n_eff:.4g}"

@@ -62,6 +62,20 @@ class Call:
         """The gradient at the first output tensor."""
         return None if self.grad_outputs is None else _first_aligned(self.outputs, self.grad_outputs)
 
+    def _repr_html_(self) -> str:
+        from .display import call_html
+
+        return call_html(self)
+
+    def __repr__(self) -> str:
+        shapes = [
+            f"{label} {'×'.join(map(str, t.shape)) or 'scalar'}"
+            for label, t in (("input", self.input), ("output", _first(self.output)))
+            if isinstance(t, torch.Tensor)
+        ]
+        backward = "no backward" if self.grad_outputs is None else "with backward"
+        return f"<Call {self.index} of {self.module or '(model)'!r}: {', '.join(shapes)}, {backward}>"
+
 
 def _first(values: Any) -> torch.Tensor | None:
     found = tensors_in(values)
@@ -102,6 +116,15 @@ class ModuleRecord:
                 f"read rec[{self.name!r}].calls[i].{what} for the call you want",
             )
         return self.calls[0]
+
+    def _repr_html_(self) -> str:
+        from .display import record_html
+
+        return record_html(self)
+
+    def __repr__(self) -> str:
+        calls = f"{len(self.calls)} call" + ("s" if len(self.calls) != 1 else "")
+        return f"<ModuleRecord {self.name or '(model)'!r} ({self.module_type}): {calls}>"
 
     @property
     def input(self) -> torch.Tensor | None:
@@ -192,6 +215,11 @@ class Trace:
 
     def __str__(self) -> str:
         return _render(self, width=160)
+
+    def _repr_html_(self) -> str:
+        from .display import trace_html
+
+        return trace_html(self)
 
     def show(self, name: str, call: int | None = None, console: Console | None = None) -> None:
         """Print the full tensors of one module (every call, or the one at index `call`)."""
