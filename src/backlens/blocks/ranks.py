@@ -10,9 +10,10 @@ uniform sample of the union: every rank's reservoir is a uniform sample of its o
 drawing the cap uniformly from all rows seen and taking, from each rank, a uniform subset of
 the size drawn for it is uniform again (the same draws on every rank: the reservoir's seed).
 
-Sharding is the caller's: `shard(dataset)` (a strided Subset, rank::world) or the user's own.
-torch's DistributedSampler is not used because it pads shards to equal length by repeating
-samples, which would count those samples twice.
+Sharding is the caller's: `shard_batches(loader)` (whole batches, strided: rank, rank + world,
+...) or the user's own. torch's DistributedSampler is not used: it pads shards to equal length
+by repeating samples, which would count them twice, and it regroups samples into new batches,
+which changes a batch-mean loss's gradients; whole batches keep every pair as one process has it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader
 
+from ..errors import fail
 from ..linear.distributed import agree, all_reduce_moments, gather_objects, world
 from ..linear.moments import Moments
 
 if TYPE_CHECKING:
     from .collect import Reservoir, _Streams
 
-__all__ = ["merge_ranks", "shard", "is_main_rank"]
+__all__ = ["merge_ranks", "shard_batches", "is_main_rank"]
 
 
 def is_main_rank() -> bool:
@@ -37,14 +39,26 @@ def is_main_rank() -> bool:
     return placed is None or placed[0] == 0
 
 
-def shard(dataset: Dataset) -> Dataset:
-    """This rank's shard of `dataset`: items rank, rank + world, ... (the whole of it without a
-    process group). Shards may differ in size by one; no item is repeated or dropped."""
+def shard_batches(loader: DataLoader) -> DataLoader:
+    """This rank's share of `loader`'s batches: batches rank, rank + world, ... of the same
+    batches one process would see (the whole loader without a process group). Whole batches,
+    so a batch-mean loss gives every gradient pair exactly as one process would; shards may
+    differ by one batch; none is repeated or dropped."""
     placed = world()
     if placed is None:
-        return dataset
+        return loader
     rank, size = placed
-    return Subset(dataset, range(rank, len(dataset), size))  # type: ignore[arg-type]
+    if loader.batch_sampler is None:
+        raise fail(
+            "loader",
+            "a DataLoader with batches (batch_size set)",
+            "batch_size=None",
+            "shard the data yourself and pass each rank its own loader",
+        )
+    mine = list(loader.batch_sampler)[rank::size]
+    return DataLoader(
+        loader.dataset, batch_sampler=mine, collate_fn=loader.collate_fn, num_workers=loader.num_workers
+    )
 
 
 def _data_description(streams: _Streams) -> dict[str, Any] | None:
