@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import backlens
 from backlens.blocks.block import Block
 from backlens.blocks.collect import collect
+from backlens.blocks.compare import compare
+from backlens.blocks.linearity import linearity
 from backlens.blocks.methods import fit_method
 from backlens.errors import BacklensError
 from backlens.linear.distributed import all_reduce_moments
@@ -50,6 +52,16 @@ def collected(model: torch.nn.Module, loader: Any, **options: Any) -> dict[str, 
     return out
 
 
+def scored(model: torch.nn.Module, train: Any, test: Any) -> dict[str, float | None]:
+    """compare's held-out errors and in-use figures, and linearity's scores, for block 2:4."""
+    block = Block(model, "2", "4")
+    rows = compare(model, block, train, test, ["ridge", "mean-jacobian"], "both", show_progress=False)
+    out = {f"{r.method}/{r.direction} {k}": getattr(r, k) for r in rows for k in ("test_rel_error", "in_use")}
+    (line,) = linearity(model, train, test, blocks=[block], show_progress=False)
+    out.update({f"linearity {k}": v for k, v in line.score.as_dict().items()})
+    return out
+
+
 def _join(rank: int, world: int, init: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
 
@@ -69,6 +81,9 @@ def ranks_worker(
             torch.save(
                 collected(model, DataLoader(data, batch_sampler=mine)), Path(out) / f"{name}.{rank}.pt"
             )
+        mine = [list(range(b * BATCH, (b + 1) * BATCH)) for b in shardings["70-and-130-samples"][rank]]
+        loader = DataLoader(data, batch_sampler=mine)
+        torch.save(scored(model, loader, loader), Path(out) / f"scored.{rank}.pt")
         for case in cases:
             (Path(out) / f"{case}.{rank}.txt").write_text(_disagree(rank, case))
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rank_workers import BATCH, collected, launch, problem, ranks_worker
+from rank_workers import BATCH, collected, launch, problem, ranks_worker, scored
 from torch.utils.data import DataLoader
 
 # float64 sums over 200 rows merged in another order: equal to a few ulps, so 1e-12 relative.
@@ -52,6 +52,21 @@ def test_two_gloo_ranks_equal_one_process(
                 _close(got[key][stat], value[stat], f"{key} {stat}")
         elif isinstance(value, torch.Tensor):
             _close(got[key], value, f"map {key}")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_compare_and_linearity_over_ranks_equal_one_process(ranks_run: Path, rank: int) -> None:
+    # in-use means are over every rank's test batches; scores come from the merged Moments
+    model, data = problem()
+    loader = DataLoader(data, batch_size=BATCH)
+    want = scored(model, loader, loader)
+    got = torch.load(ranks_run / f"scored.{rank}.pt")
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if value is None:
+            assert got[key] is None, key
+        else:
+            assert got[key] == pytest.approx(value, rel=RTOL, abs=1e-15), key
 
 
 @pytest.mark.parametrize(("case", "named"), list(DISAGREEMENTS.items()))

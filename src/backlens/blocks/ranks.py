@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..errors import fail
@@ -30,13 +31,23 @@ from ..linear.moments import Moments
 if TYPE_CHECKING:
     from .collect import Reservoir, _Streams
 
-__all__ = ["merge_ranks", "shard_batches", "is_main_rank"]
+__all__ = ["merge_ranks", "shard_batches", "is_main_rank", "summed_over_ranks"]
 
 
 def is_main_rank() -> bool:
     """True in a single process, or on rank 0 of a process group: the rank that fits and writes."""
     placed = world()
     return placed is None or placed[0] == 0
+
+
+def summed_over_ranks(values: list[float], distributed: bool | None) -> list[float]:
+    """`values` summed over the ranks of an initialised process group (distributed=None: when
+    there is one; False: as they are): per-rank totals and counts become the run's."""
+    if distributed is False or world() is None:
+        return values
+    summed = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.tolist()
 
 
 def shard_batches(loader: DataLoader) -> DataLoader:

@@ -209,6 +209,7 @@ def _block_entry(
         train=train_col,
         test=test_col,
         fitted=fits,
+        distributed=False,  # rank 0 alone scores, on the whole test split
     )
     entry: dict[str, Any] = {
         "block": block.label,

@@ -133,6 +133,7 @@ def _block_entry(
         train=train_col,
         test=test_col,
         fitted=fits,
+        distributed=False,  # rank 0 alone scores, on the whole test split
         show_progress=False,
     )
     entry["rows"] = [r.to_dict() for r in rows]
