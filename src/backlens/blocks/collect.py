@@ -235,8 +235,10 @@ def collect(
                 if keeper is not None and keeper.due():
                     keeper.save(streams, draws)
             progress.advance(task)
+    if keeper is not None and keeper.batches < done:
+        keeper.check_data()  # the loader ended inside the checkpointed part: refused
     if keeper is not None:
-        keeper.check_data() if keeper.batches < done else keeper.save(streams, draws)
+        keeper.save(streams, draws)  # the finished state: a rerun streams nothing again
     if placed is not None:
         merge_ranks(streams, block.label, settings)
     return _collection(block, streams, probes)

@@ -31,6 +31,8 @@ def join_torchrun() -> bool:
     nccl where CUDA is available, else gloo. True when this call initialised it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or world() is not None:
         return False
+    if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     atexit.register(dist.destroy_process_group)
     return True
