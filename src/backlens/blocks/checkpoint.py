@@ -187,8 +187,8 @@ def _change(key: str, before: Any, now: Any) -> str:
 
 
 def checkpoint_path(path: str | os.PathLike[str], placed: tuple[int, int] | None) -> Path:
-    """Each rank of a process group keeps its own checkpoint: `<path>.rank<r>-of-<world>`."""
+    """Each rank of a process group keeps its own checkpoint: `<stem>.rank<r>-of-<world><suffix>`."""
     target = Path(path)
     if placed is None:
         return target
-    return target.with_name(f"{target.name}.rank{placed[0]}-of-{placed[1]}")
+    return target.with_name(f"{target.stem}.rank{placed[0]}-of-{placed[1]}{target.suffix}")

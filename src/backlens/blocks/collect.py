@@ -196,7 +196,7 @@ def collect(
     initialised torch.distributed process group (`distributed=None`: detected; False: this
     process alone), each rank streams its own shard of the data (`blocks.ranks.shard`, or the
     caller's own sharding) and the ranks' results are merged exactly on every rank; each rank
-    then checkpoints to `PATH.rank<r>-of-<world>`.
+    then checkpoints to its own file, PATH with `.rank<r>-of-<world>` before the suffix.
     """
     wanted = _check_collect(model, block, direction, positions, probes, weighting)
     placed = world() if distributed is not False else None
