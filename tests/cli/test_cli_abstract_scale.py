@@ -53,10 +53,10 @@ def _refusal_setup(tmp_path: Path, case: str) -> list[str]:
 @pytest.mark.parametrize(
     ("case", "match"),
     [
-        ("no out", "--checkpoint-every: expected an --out directory"),
-        ("resume without out", "--resume: expected an --out directory"),
+        ("no out", "--checkpoint-every: expected an out directory"),
+        ("resume without out", "--resume: expected an out directory"),
         ("nothing to resume", "--resume: expected a checkpoint at"),
-        ("checkpoint exists", "pass --resume to continue that run"),
+        ("checkpoint exists", "(--resume) to continue that run"),
         ("zero", "--checkpoint-every"),
     ],
 )

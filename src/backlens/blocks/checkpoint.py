@@ -26,7 +26,7 @@ from ..linear.moments import Moments
 from ..tensorfile import load_tensors, save_tensors
 
 if TYPE_CHECKING:
-    from .collect import _Streams
+    from .collect import Streams
     from .reservoir import Reservoir
 
 __all__ = ["Checkpointer", "model_fingerprint", "checkpoint_path", "KIND"]
@@ -98,7 +98,7 @@ class Checkpointer:
     def due(self) -> bool:
         return self.batches % self.every == 0
 
-    def save(self, streams: _Streams, draws: torch.Generator) -> Path:
+    def save(self, streams: Streams, draws: torch.Generator) -> Path:
         """Write everything streamed so far (atomically: a kill leaves the previous checkpoint)."""
         tensors: dict[str, torch.Tensor] = {"draws.rng": draws.get_state()}
         moments = {}
@@ -122,7 +122,7 @@ class Checkpointer:
         }
         return save_tensors(self.path, tensors, KIND, meta)
 
-    def resume(self, streams: _Streams, draws: torch.Generator) -> int:
+    def resume(self, streams: Streams, draws: torch.Generator) -> int:
         """Load the checkpoint into `streams` (none yet: 0); the batches it covers."""
         if not self.path.exists():
             return 0

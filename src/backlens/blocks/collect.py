@@ -84,7 +84,7 @@ def _pair(columns: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor
 
 
 @dataclass
-class _Streams:
+class Streams:
     """What one pass over the loader accumulates, direction by direction."""
 
     inputs: Reservoir
@@ -210,7 +210,7 @@ def collect(
         **{"positions": positions, "probes": probes, "weighting": weighting},
     }
     keeper = _keeper(model, block, checkpoint, every, settings, placed)
-    streams = _Streams(
+    streams = Streams(
         Reservoir(max_inputs, seed),
         {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate((*DIRECTIONS[:2], "probe"))},
         positions,
@@ -266,7 +266,7 @@ def _skipped(
     block: Block,
     batch: Any,
     run: Step,
-    streams: _Streams,
+    streams: Streams,
     keeper: Checkpointer | None,
     index: int,
     done: int,
@@ -303,7 +303,7 @@ def _check_collect(
 
 
 def _stream_batch(
-    streams: _Streams,
+    streams: Streams,
     block: Block,
     crossing: Crossing,
     grads: Any,
@@ -327,7 +327,7 @@ def _stream_batch(
     streams.n_samples += len(a_in)
 
 
-def _collection(block: Block, streams: _Streams, probes: int) -> Collection:
+def _collection(block: Block, streams: Streams, probes: int) -> Collection:
     if streams.n_samples == 0:
         raise fail("loader", "at least one batch", "an empty loader", "pass data to collect from")
     assert streams.positions is not None

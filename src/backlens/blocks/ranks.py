@@ -29,7 +29,8 @@ from ..linear.distributed import agree, all_reduce_moments, gather_objects, worl
 from ..linear.moments import Moments
 
 if TYPE_CHECKING:
-    from .collect import Reservoir, _Streams
+    from .collect import Streams
+    from .reservoir import Reservoir
 
 __all__ = ["merge_ranks", "shard_batches", "is_main_rank", "summed_over_ranks"]
 
@@ -72,7 +73,7 @@ def shard_batches(loader: DataLoader) -> DataLoader:
     )
 
 
-def _data_description(streams: _Streams) -> dict[str, Any] | None:
+def _data_description(streams: Streams) -> dict[str, Any] | None:
     if streams.n_samples == 0:
         return None
     return {
@@ -84,7 +85,7 @@ def _data_description(streams: _Streams) -> dict[str, Any] | None:
     }
 
 
-def merge_ranks(streams: _Streams, label: str, settings: dict[str, Any]) -> None:
+def merge_ranks(streams: Streams, label: str, settings: dict[str, Any]) -> None:
     """Merge every rank's streams in place (call on every rank, after its shard is streamed)."""
     agree("block", {"block": label, **settings})
     every = agree("loader", _data_description(streams))
@@ -100,7 +101,7 @@ def merge_ranks(streams: _Streams, label: str, settings: dict[str, Any]) -> None
             if direction != "weighted":
                 streams.widths[direction] = (d_in, d_out)
     for direction in sorted(reference["pair widths"]):
-        all_reduce_moments(streams.moments[direction])
+        streams.moments[direction] = all_reduce_moments(streams.moments[direction])
     _merge_reservoir(streams.inputs)
     for direction in streams.widths:
         _merge_reservoir(streams.samples[direction])

@@ -6,9 +6,10 @@ every rank raises the same BacklensError when they disagree (a mismatched all_re
 hang, or under NCCL silently mix dtypes). Then the sums are reduced with ReduceOp.SUM only
 (ReduceOp.AVG is absent on older gloo and wrong on some newer builds). Precision: each rank's
 centred sums are re-expressed about one shift K common to all ranks (the global mean, itself
-from a reduced Σx and n), S_r = C_r + n_r·δ_rδ_rᵀ and s_r = n_r·δ_r with δ_r = μ_r − K; after
-the SUM, C = S − s·sᵀ/n. With K at the global mean, s is ≈ 0 and nothing cancels: the result
-equals the exact pairwise merge (Moments.merge) to float64 rounding.
+from a reduced Σx and n), S_r = C_r + n_r·δ_rδ_rᵀ and s_r = n_r·δ_r with δ_r = μ_r − K; their
+SUM is the run's raw sums about K (Moments' own state), read out as C = S − s·sᵀ/n. With K
+at the global mean, s is ≈ 0 and nothing cancels: the result equals the exact pairwise merge
+(Moments.merge) to float64 rounding.
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ def _summed(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
 
 
 def all_reduce_moments(moments: Moments, group: Any = None) -> Moments:
-    """Replace `moments` (in place, on every rank) by the merge of every rank's Moments.
+    """The merge of every rank's Moments, on every rank (a new Moments; `moments` is unchanged).
 
     Every rank must call it with Moments of the same d_in, d_out and yy; otherwise every rank
-    raises BacklensError naming what differs. Returns `moments`.
+    raises BacklensError naming what differs.
     """
     if world(group) is None:
         raise fail(
@@ -93,42 +94,38 @@ def all_reduce_moments(moments: Moments, group: Any = None) -> Moments:
             "none",
             "call torch.distributed.init_process_group first (torchrun sets it up)",
         )
-    description = {"Moments shape": (moments.d_in, moments.d_out), "yy mode": moments.yy_mode}
-    agree("moments", description, group)
-    c, n = moments._centred(), moments.n
+    d_in, d_out, yy = moments.d_in, moments.d_out, moments.yy_mode
+    agree("moments", {"Moments shape": (d_in, d_out), "yy mode": yy}, group)
+    n, mean_x, mean_y = moments.n, moments.mean_x, moments.mean_y
     norms = (moments.sum_sq_norms, moments.sum_quartic_norms)
     known = torch.tensor([0.0 if norms[0] is None else 1.0], dtype=torch.float64)
     # the common shift K: the global mean
     total_x, total_y, count, every_known = _summed(
-        [n * c["mean_x"], n * c["mean_y"], torch.tensor([float(n)], dtype=torch.float64), known], group
+        [n * mean_x, n * mean_y, torch.tensor([float(n)], dtype=torch.float64), known], group
     )
     n_all = int(round(float(count[0])))
     if n_all == 0:
-        return moments
+        return Moments(d_in, d_out, yy=yy)
     kx, ky = total_x / n_all, total_y / n_all
-    dx, dy = c["mean_x"] - kx, c["mean_y"] - ky
+    dx, dy = mean_x - kx, mean_y - ky
+    # this rank's raw sums about K; summed over the ranks they are the run's sums about K
     parts = {
-        "cxx": c["cxx"] + n * torch.outer(dx, dx),
-        "cxy": c["cxy"] + n * torch.outer(dx, dy),
-        "cyy_diag": c["cyy_diag"] + n * dy * dy,
+        "xx": moments.cxx + n * torch.outer(dx, dx),
+        "xy": moments.cxy + n * torch.outer(dx, dy),
+        "syy_diag": moments.cyy_diag + n * dy * dy,
         "sx": n * dx,
         "sy": n * dy,
         "norms": torch.tensor([v or 0.0 for v in norms], dtype=torch.float64),
     }
-    if "cyy" in c:
-        parts["cyy"] = c["cyy"] + n * torch.outer(dy, dy)
+    if yy == "full":
+        parts["syy"] = moments.cyy + n * torch.outer(dy, dy)
     summed = dict(zip(parts, _summed(list(parts.values()), group), strict=True))
-    sx, sy = summed["sx"], summed["sy"]
-    merged = {
-        "mean_x": kx + sx / n_all,
-        "mean_y": ky + sy / n_all,
-        "cxx": summed["cxx"] - torch.outer(sx, sx) / n_all,
-        "cxy": summed["cxy"] - torch.outer(sx, sy) / n_all,
-        "cyy_diag": summed["cyy_diag"] - sy * sy / n_all,
-    }
-    if "cyy" in summed:
-        merged["cyy"] = summed["cyy"] - torch.outer(sy, sy) / n_all
-    moments._set_centred(n_all, merged)
-    all_known = int(round(float(every_known[0]))) == dist.get_world_size(group)
-    moments._sums.norms = (float(summed["norms"][0]), float(summed["norms"][1])) if all_known else None
-    return moments
+    G = torch.zeros(d_in + 1, d_in + 1 + d_out, dtype=torch.float64)
+    G[:d_in, :d_in], G[:d_in, d_in + 1 :] = summed["xx"], summed["xy"]
+    G[:d_in, d_in], G[d_in, d_in + 1 :], G[d_in, d_in] = summed["sx"], summed["sy"], float(n_all)
+    state = {"n": torch.tensor([n_all]), "kx": kx, "ky": ky, "G": G, "syy_diag": summed["syy_diag"]}
+    if yy == "full":
+        state["syy"] = summed["syy"]
+    if int(round(float(every_known[0]))) == dist.get_world_size(group):  # else n_eff is unknown
+        state["norms"] = summed["norms"]
+    return Moments.from_state(d_in, d_out, yy, state)

@@ -66,23 +66,23 @@ class Checkpoints:
         if every is None and not resume:
             return
         if out is None:
-            flag = "--checkpoint-every" if every is not None else "--resume"
+            argument = "checkpoint_every" if every is not None else "resume"
             raise fail(
-                flag,
-                "an --out directory (the checkpoint sits beside it)",
-                "no --out",
-                "pass --out DIR",
+                argument,
+                "an out directory (the checkpoint sits beside it)",
+                "out=None",
+                "pass out=DIR (--out)",
             )
-        self.every = check_positive_int("--checkpoint-every", every if every is not None else 1)
+        self.every = check_positive_int("checkpoint_every", every if every is not None else 1)
         self.path = Path(f"{Path(out)}.checkpoint")
         if resume and not self.path.is_dir():
-            raise fail("--resume", f"a checkpoint at {self.path}", "none", "run without --resume")
+            raise fail("resume", f"a checkpoint at {self.path}", "none", "run without resume (--resume)")
         if not resume and self.path.exists():
             raise fail(
-                "--checkpoint-every",
-                "no checkpoint of an interrupted run beside --out",
+                "checkpoint_every",
+                "no checkpoint of an interrupted run beside out",
                 f"{self.path} exists",
-                "pass --resume to continue that run, or delete it to start afresh",
+                "pass resume=True (--resume) to continue that run, or delete it to start afresh",
             )
 
     def options(self, seed: int, block: str, split: str) -> dict[str, Any]:
