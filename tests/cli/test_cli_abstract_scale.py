@@ -117,3 +117,33 @@ def test_killed_run_resumed_ends_with_the_uninterrupted_maps(tmp_path: Path) -> 
     assert got.keys() == want.keys() and got
     for name in want:  # the same sums, streamed in two sittings: equal to float64 rounding
         torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_end_with_one_process_figures(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_MODEL.replace("time.sleep(0.15)", "pass"))
+    common = [
+        "abstract",
+        "--model",
+        f"{tmp_path / 'slow.py'}:build",
+        "--data",
+        "digits",
+        "--methods",
+        "ridge",
+    ]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", str(bin_dir / "backlens")]
+    ranks = subprocess.run(
+        [*torchrun, *common, "--out", str(tmp_path / "ranks")], env=env, capture_output=True
+    )
+    assert ranks.returncode == 0, ranks.stderr.decode()[-2000:]
+    alone = subprocess.run(
+        [str(bin_dir / "backlens"), *common, "--out", str(tmp_path / "alone")], env=env, capture_output=True
+    )
+    assert alone.returncode == 0
+    got, want = _fitted(tmp_path / "ranks"), _fitted(tmp_path / "alone")
+    assert got.keys() == want.keys() and got
+    for name in want:  # a spectrum to 1e-12 of its largest value: the smallest are ill-conditioned
+        scale = float(want[name].abs().max()) if "spectrum" in name else 0.0
+        torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12 * scale + 1e-15)
