@@ -43,3 +43,16 @@ def test_snapshots_reused_until_the_source_changes() -> None:
     x.add_(1)
     second = store.value(x)
     assert second is not first and torch.equal(second, x) and not torch.equal(first, x)
+
+
+@pytest.mark.parametrize("mode", ["device", "cpu", None])
+def test_cpu_tensors_never_take_the_asynchronous_path(mode: str | None) -> None:
+    # store="cpu" copies from CUDA into pinned memory without blocking; CPU tensors stay as before
+    store = Store(mode)
+    value, grad = torch.randn(3, 4), torch.randn(3, 4)
+    snap, kept = store.value(value), store.grad(grad)
+    assert store._in_flight == [] and not snap.is_pinned()
+    assert kept.data_ptr() == grad.data_ptr()  # gradients as autograd gave them: no copy
+    assert torch.equal(snap, value) and torch.equal(kept, grad)
+    store.settle()
+    assert torch.equal(snap, value)

@@ -13,6 +13,7 @@ one row per token or pixel ("shared"), or one per sample ("flat").
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,50 +25,21 @@ from torch import nn
 
 from ..byhand.losses import torch_loss
 from ..errors import check_choice, check_module, check_positive_int, fail
+from ..linear.distributed import world
 from ..linear.moments import Moments
+from .batch_pass import Step, crossing_of
 from .block import Block
-from .boundary import Crossing, boundaries, buffers_kept
+from .boundary import Crossing
+from .checkpoint import Checkpointer, checkpoint_path, model_fingerprint
 from .positions import POSITIONS, check_shared, default_positions, to_rows
+from .ranks import merge_ranks
+from .reservoir import Reservoir
 
 __all__ = ["collect", "Collection", "Reservoir", "Step", "DIRECTIONS", "WEIGHTINGS", "PROBE_SEED_OFFSET"]
 
 DIRECTIONS = ("forward", "backward", "both")  # what collect gathers; "both" is the default
 WEIGHTINGS = ("direction",)  # weighting= for the backward pairs, besides None
 PROBE_SEED_OFFSET = 7919  # the probes' generator is seeded with seed + this
-Step = Callable[[nn.Module, Any], torch.Tensor]  # step(model, batch) -> loss: one batch, any model
-
-
-@dataclass
-class Reservoir:
-    """A uniform random sample of at most `cap` rows of a stream (reservoir sampling, algorithm R)."""
-
-    cap: int
-    seed: int = 0
-    seen: int = 0
-    rows: list[torch.Tensor] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
-
-    def add(self, *columns: torch.Tensor) -> None:
-        """Offer rows (the same row of every column goes in or out together)."""
-        n = len(columns[0])
-        joined = torch.cat([c.reshape(n, -1).detach().to("cpu", torch.float64) for c in columns], dim=1)
-        take = min(n, max(0, self.cap - len(self.rows)))
-        self.rows.extend(joined[:take])
-        if take < n:  # row i replaces a uniform slot j in [0, seen + i] when j < cap
-            later = torch.arange(take, n, dtype=torch.float64)
-            draws = torch.rand(n - take, generator=self._generator, dtype=torch.float64)
-            slots = (draws * (self.seen + later + 1)).floor().long()
-            for i, j in zip(later.long().tolist(), slots.tolist(), strict=True):
-                if j < self.cap:
-                    self.rows[j] = joined[i]
-        self.seen += n
-
-    def columns(self, widths: Iterable[int]) -> tuple[torch.Tensor, ...]:
-        """The sample split back into its columns."""
-        stacked = torch.stack(self.rows) if self.rows else torch.empty(0, sum(widths), dtype=torch.float64)
-        return tuple(torch.split(stacked, list(widths), dim=1))
 
 
 @dataclass
@@ -112,7 +84,7 @@ def _pair(columns: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor
 
 
 @dataclass
-class _Streams:
+class Streams:
     """What one pass over the loader accumulates, direction by direction."""
 
     inputs: Reservoir
@@ -123,6 +95,7 @@ class _Streams:
     n_samples: int = 0
     shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     call: Crossing | None = None
+    dtype: str = ""  # of the block's input, as the first batch brought it
 
     def add(self, direction: str, X: torch.Tensor, Y: torch.Tensor) -> None:
         assert self.positions is not None
@@ -152,6 +125,7 @@ class _Streams:
         elif self.positions == "shared":
             check_shared(a_in, a_out, block.label)
         self.shapes = (tuple(a_in.shape[1:]), tuple(a_out.shape[1:]))
+        self.dtype = str(a_in.dtype)
         self.call = crossing
 
 
@@ -198,6 +172,9 @@ def collect(
     positions: str | None = None,
     probes: int = 0,
     weighting: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    every: int = 1,
+    distributed: bool | None = None,
 ) -> Collection:
     """Run `model` over `loader` and stream `block`'s boundary pairs into float64 Moments.
 
@@ -212,24 +189,94 @@ def collect(
     block's real vector–Jacobian product, taken on the recorded forward before the loss's
     backward. `weighting="direction"` also streams the backward pairs scaled by 1/‖grad_out‖
     into `Collection.weighted`. Memory is O(features²) whatever the data size.
+
+    `checkpoint=PATH`: every `every` batches (and at the end) the state is written atomically
+    to PATH; when PATH exists, collect resumes from it (refusing, naming what changed, when it
+    belongs to another model, data or options); deleting it is the caller's. Under an
+    initialised torch.distributed process group (`distributed=None`: detected; False: this
+    process alone), each rank streams its own shard of the data (`blocks.ranks.shard`, or the
+    caller's own sharding) and the ranks' results are merged exactly on every rank; each rank
+    then checkpoints to its own file, PATH with `.rank<r>-of-<world>` before the suffix.
     """
     wanted = _check_collect(model, block, direction, positions, probes, weighting)
-    run = step or _loss_step(loss)
-    streams = _Streams(
+    placed = world() if distributed is not False else None
+    named = {"loss": loss, "step": step}
+    settings = {
+        **{
+            k: v if v is None or isinstance(v, str) else getattr(v, "__qualname__", "")
+            for k, v in named.items()
+        },
+        **{"direction": direction, "max_inputs": max_inputs, "max_pairs": max_pairs, "seed": seed},
+        **{"positions": positions, "probes": probes, "weighting": weighting},
+    }
+    keeper = _keeper(model, block, checkpoint, every, settings, placed)
+    streams = Streams(
         Reservoir(max_inputs, seed),
         {d: Reservoir(max_pairs, seed + 1 + i) for i, d in enumerate((*DIRECTIONS[:2], "probe"))},
         positions,
     )
     draws = torch.Generator().manual_seed(seed + PROBE_SEED_OFFSET)
+    done = keeper.resume(streams, draws) if keeper is not None else 0
     total = len(loader) if isinstance(loader, Sized) else None
-    # A bar only on a terminal: in logs and pipes it would leave blank lines.
-    with Progress(transient=True, disable=not show_progress or not Console().is_terminal) as progress:
+    # A bar only on a terminal (in logs and pipes it would leave blank lines), and on one rank.
+    quiet = not show_progress or not Console().is_terminal or (placed is not None and placed[0] != 0)
+    with Progress(transient=True, disable=quiet) as progress:
         task = progress.add_task(f"collecting {block.label}", total=total)
-        for batch in loader:
-            crossing, grads, probed = _crossing(model, block, batch, run, "backward" in wanted, probes, draws)
-            _stream_batch(streams, block, crossing, grads, probed, "forward" in wanted, weighting)
+        for index, batch in enumerate(loader):
+            if keeper is not None:
+                keeper.see(batch)
+            if index < done:  # covered by the checkpoint: re-read, not recomputed
+                _skipped(model, block, batch, step or _loss_step(loss), streams, keeper, index, done)
+            else:
+                crossing, grads, probed = crossing_of(
+                    model, block, batch, step or _loss_step(loss), "backward" in wanted, probes, draws
+                )
+                _stream_batch(streams, block, crossing, grads, probed, "forward" in wanted, weighting)
+                if keeper is not None and keeper.due():
+                    keeper.save(streams, draws)
             progress.advance(task)
+    if keeper is not None and keeper.batches < done:
+        keeper.check_data()  # the loader ended inside the checkpointed part: refused
+    if keeper is not None:
+        keeper.save(streams, draws)  # the finished state: a rerun streams nothing again
+    if placed is not None:
+        merge_ranks(streams, block.label, settings)
     return _collection(block, streams, probes)
+
+
+def _keeper(
+    model: nn.Module,
+    block: Block,
+    checkpoint: str | os.PathLike[str] | None,
+    every: int,
+    settings: dict[str, Any],
+    placed: tuple[int, int] | None,
+) -> Checkpointer | None:
+    """The checkpoint's keeper, fingerprinting model, options and process layout (or None)."""
+    if checkpoint is None:
+        return None
+    check_positive_int("every", every)
+    layout = {"block": block.label, "ranks": None if placed is None else list(placed)}
+    fingerprint = {**model_fingerprint(model), "options": {**settings, **layout}}
+    return Checkpointer(checkpoint_path(checkpoint, placed), every, fingerprint)
+
+
+def _skipped(
+    model: nn.Module,
+    block: Block,
+    batch: Any,
+    run: Step,
+    streams: Streams,
+    keeper: Checkpointer | None,
+    index: int,
+    done: int,
+) -> None:
+    """A batch the checkpoint covers: the first one's crossing is kept (the block's call); after
+    the last, the data read again must hash as it did."""
+    if index == 0:
+        streams.call = crossing_of(model, block, batch, run, False)[0]
+    if index == done - 1 and keeper is not None:
+        keeper.check_data()
 
 
 def _check_collect(
@@ -256,7 +303,7 @@ def _check_collect(
 
 
 def _stream_batch(
-    streams: _Streams,
+    streams: Streams,
     block: Block,
     crossing: Crossing,
     grads: Any,
@@ -280,7 +327,7 @@ def _stream_batch(
     streams.n_samples += len(a_in)
 
 
-def _collection(block: Block, streams: _Streams, probes: int) -> Collection:
+def _collection(block: Block, streams: Streams, probes: int) -> Collection:
     if streams.n_samples == 0:
         raise fail("loader", "at least one batch", "an empty loader", "pass data to collect from")
     assert streams.positions is not None
@@ -299,74 +346,3 @@ def _collection(block: Block, streams: _Streams, probes: int) -> Collection:
         weighted=streams.moments.get("weighted"),
         probes=probes,
     )
-
-
-Pairs = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _crossing(
-    model: nn.Module,
-    block: Block,
-    batch: Any,
-    run: Step,
-    backward: bool,
-    probes: int = 0,
-    draws: torch.Generator | None = None,
-) -> tuple[Crossing, tuple[torch.Tensor, torch.Tensor] | None, Pairs]:
-    """One batch: what crossed the block, (grad at its input, grad at its output) if asked, and
-    `probes` (v, v·J) pairs through the block's own VJP on the same recorded forward (taken first,
-    keeping the graph, so the loss's backward still finds it).
-    The model's buffers are put back only after the backward, which may still need them."""
-    graph = backward or probes > 0
-    with buffers_kept(model):
-        with boundaries(block, alias_input=graph) as seen:
-            if graph:
-                with torch.enable_grad():
-                    value = run(model, batch)
-            else:
-                with torch.no_grad():
-                    run(model, batch)
-        crossing = seen.take()
-        probed = _probes(crossing, probes, draws) if probes > 0 else []
-        if not backward:
-            return crossing, None, probed
-        return crossing, _gradients(block, crossing, value), probed
-
-
-def _probes(crossing: Crossing, probes: int, draws: torch.Generator | None) -> Pairs:
-    """`probes` pairs (v, v·J(x)): v ~ N(0, I) shaped like the block's output, drawn on the CPU
-    from `draws` (the same numbers on any device), and v·J by torch.autograd.grad through the
-    block alone (its input is the alias leaf)."""
-    out, leaf = crossing.output, crossing.input
-    assert out is not None
-    pairs = []
-    for _ in range(probes):
-        v = torch.randn(out.shape, generator=draws, dtype=torch.float64).to(out.device, out.dtype)
-        if not out.requires_grad:
-            vJ = torch.zeros_like(leaf)
-        else:
-            (vJ,) = torch.autograd.grad(out, [leaf], grad_outputs=v, retain_graph=True, allow_unused=True)
-            vJ = torch.zeros_like(leaf) if vJ is None else vJ
-        pairs.append((v.detach(), vJ.detach()))
-    return pairs
-
-
-def _gradients(block: Block, crossing: Crossing, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    assert crossing.output is not None
-    if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.requires_grad:
-        raise fail(
-            "step",
-            "a scalar loss that depends on the model",
-            type(value).__name__,
-            "return the batch's loss from step",
-        )
-    g_in, g_out = torch.autograd.grad(value, [crossing.input, crossing.output], allow_unused=True)
-    if g_out is None:
-        raise fail(
-            "block",
-            "a block whose output reaches the loss",
-            f"no gradient at {block.label}'s output",
-            "pick a block on the path to the loss (or output=k for the element the model uses)",
-        )
-    g_in = torch.zeros_like(crossing.input) if g_in is None else g_in
-    return g_in.detach(), g_out.detach()

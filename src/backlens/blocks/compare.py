@@ -101,6 +101,7 @@ class _Use:
 
     loss: Loss
     step: Step | None
+    distributed: bool | None = None
 
     @property
     def metric_name(self) -> str:
@@ -108,13 +109,13 @@ class _Use:
 
     def forward(self, block: Block, lm: LinearMap | None, loader: Iterable) -> float:
         if self.step is not None:
-            return inuse.forward_metric(block, lm, loader, step=self.step)
-        return inuse.forward_metric(block, lm, loader, self.loss.metric)
+            return inuse.forward_metric(block, lm, loader, step=self.step, distributed=self.distributed)
+        return inuse.forward_metric(block, lm, loader, self.loss.metric, distributed=self.distributed)
 
     def backward(self, block: Block, lm: LinearMap, loader: Iterable) -> float | None:
         if self.step is not None:
-            return inuse.backward_cosine(block, lm, loader, step=self.step)
-        return inuse.backward_cosine(block, lm, loader, self.loss.torch_loss)
+            return inuse.backward_cosine(block, lm, loader, step=self.step, distributed=self.distributed)
+        return inuse.backward_cosine(block, lm, loader, self.loss.torch_loss, distributed=self.distributed)
 
 
 def _intact_row(block: Block, test_loader: Iterable, use: _Use) -> CompareRow:
@@ -181,6 +182,7 @@ def compare(
     step: Step | None = None,
     positions: str | None = None,
     probes: int | None = None,
+    distributed: bool | None = None,
 ) -> CompareRows:
     """Fit each method on the train split, score it on test and train, and measure it in use.
 
@@ -193,12 +195,19 @@ def compare(
     forward in-use figure is that loss); `positions` as in `collect`. `probes`: probe cotangents
     per training input for ridge-probe (default PROBES = 4 when it is asked for, else none).
     Every row fitted on pairs carries n and n_eff; a fit with n_eff below its input width warns
-    (EffectiveSamplesWarning, naming block, method, n, n_eff and d).
+    (EffectiveSamplesWarning, naming block, method, n, n_eff and d). In an initialised process
+    group (`distributed=None`: detected; False: this process alone) every rank passes its own
+    shards: collections are merged and in-use means are over every rank's test batches.
     """
     check_choice("direction", direction, DIRECTIONS)
     parsed = parse_methods([m.label if isinstance(m, Method) else m for m in methods])
-    use = _Use(get_loss(loss), step)
-    options = {"show_progress": show_progress, "step": step, "positions": positions}
+    use = _Use(get_loss(loss), step, distributed)
+    options = {
+        "show_progress": show_progress,
+        "step": step,
+        "positions": positions,
+        "distributed": distributed,
+    }
     wanted = {m.name for m in parsed}
     backward = direction in ("backward", "both")
     extra = {

@@ -22,6 +22,7 @@ from ..linear.linear_map import LinearMap
 from .block import Block
 from .boundary import boundaries, buffers_kept, same_randomness
 from .positions import POSITIONS, from_rows, to_rows
+from .ranks import summed_over_ranks
 
 __all__ = ["replaced", "swap_backward", "forward_metric", "backward_cosine", "map_positions"]
 
@@ -165,9 +166,11 @@ def forward_metric(
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     step: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     positions: str | None = None,
+    distributed: bool | None = None,
 ) -> float:
     """Mean per sample of `metric(output, y)` over (x, y) batches — or of `step(model, batch)`,
-    the loss, for any batch — with the block replaced by `lm` (None: intact)."""
+    the loss, for any batch — with the block replaced by `lm` (None: intact). In a process
+    group (distributed=None: detected) the mean is over every rank's batches."""
     if (metric is None) == (step is None):
         raise fail(
             "metric, step",
@@ -188,7 +191,8 @@ def forward_metric(
         size = _batch_size(batch)
         total += value * size
         count += size
-    return total / count
+    every_total, every_count = summed_over_ranks([total, count], distributed)
+    return every_total / every_count
 
 
 @contextmanager
@@ -242,10 +246,12 @@ def backward_cosine(
     loss_fn: Callable | None = None,
     step: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     positions: str | None = None,
+    distributed: bool | None = None,
 ) -> float | None:
     """Mean over batches of cos(true ∇θ, ∇θ with the block's backward replaced by `lm`), over the
     parameters upstream of the block's input; None when there are none (the block starts at the
-    model's input). The real backward of the whole model runs both times."""
+    model's input). The real backward of the whole model runs both times. In a process group
+    (distributed=None: detected) the mean is over every rank's batches."""
     if (loss_fn is None) == (step is None):
         raise fail(
             "loss_fn, step",
@@ -255,13 +261,14 @@ def backward_cosine(
         )
     run = step or (lambda model, batch: loss_fn(model(batch[0]), batch[1]))  # type: ignore[misc]
     model = block.model
-    cosines = []
+    cosines, nothing_below = [], 0.0
     for index, batch in enumerate(loader):
         with torch.enable_grad(), buffers_kept(model):
             with same_randomness(index):  # both passes draw the same Dropout masks
                 below, true = _below(model, block, run, batch)
             if not below:
-                return None
+                nothing_below = 1.0  # every rank still meets the others at the sum below
+                break
             with (
                 same_randomness(index),
                 replaced(model, block, lm, direction="backward", positions=positions),
@@ -270,4 +277,7 @@ def backward_cosine(
             approx: list[torch.Tensor | None] = list(torch.autograd.grad(value, below, allow_unused=True))
         cosines.append(_cosine(true, approx))
     finite = [c for c in cosines if not math.isnan(c)]
-    return sum(finite) / len(finite) if finite else math.nan
+    total, count, nothing_below = summed_over_ranks([sum(finite), len(finite), nothing_below], distributed)
+    if nothing_below:
+        return None
+    return total / count if count else math.nan

@@ -78,9 +78,22 @@ def abstract_command(
         bool, typer.Option(help="Allow an --out directory that holds an earlier run")
     ] = False,
     report: Annotated[bool, typer.Option(help=REPORT_HELP)] = False,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(help="Checkpoint the statistics every K batches, in <out>.checkpoint (needs --out)"),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from <out>.checkpoint")] = False,
 ) -> None:
-    """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward."""
+    """Train an MLP (or load one) and score linear stand-ins for its blocks, forward and backward.
+
+    Under torchrun (WORLD_SIZE > 1) the ranks join one process group (gloo on CPU, nccl on
+    GPU), each collects its share of the batches, and rank 0 alone fits, scores and writes.
+    """
     from ..workflows.abstract import AbstractOptions, run_abstract  # its heavy imports: only when run
+    from ..workflows.processes import join_torchrun
+
+    run_or_exit(join_torchrun)
+    scale = {"checkpoint_every": checkpoint_every, "resume": resume}
 
     check_report_flag(report, out)
 
@@ -95,7 +108,7 @@ def abstract_command(
         _run_own_model(
             "--model", {**mlp, "--epochs": (epochs, None), "--arch": (arch, None)},
             model=model, weights=weights, data=data, loss=loss, blocks=blocks, direction=direction, seed=seed,
-            out=out, overwrite=overwrite, methods=methods,
+            out=out, overwrite=overwrite, methods=methods, **scale,
         )  # fmt: skip
         report_at_end(report, out, overwrite)
         return
@@ -106,7 +119,7 @@ def abstract_command(
         _run_own_model(
             "--arch", {**mlp, **data_flags, "--model": (model, None), "--test-size": (test_size, 0.3)},
             arch=arch, epochs=epochs, blocks=blocks, direction=direction, seed=seed, out=out,
-            overwrite=overwrite, methods=methods,
+            overwrite=overwrite, methods=methods, **scale,
         )  # fmt: skip
         report_at_end(report, out, overwrite)
         return
@@ -126,6 +139,7 @@ def abstract_command(
         model=model,
         repeat=repeat,
         overwrite=overwrite,
+        **scale,  # type: ignore[arg-type]
     )
     run_or_exit(run_abstract, options, console=console)
     report_at_end(report, out, overwrite)

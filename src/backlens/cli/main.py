@@ -51,6 +51,8 @@ FLAGS = {
     "overwrite": "--overwrite",
     "arch": "--arch",
     "weights": "--weights",
+    "checkpoint_every": "--checkpoint-every",
+    "resume": "--resume",
 }
 
 

@@ -41,8 +41,11 @@ def check_report_flag(report: bool, out: str | Path | None) -> None:
 
 
 def report_at_end(report: bool, out: str | Path | None, overwrite: bool) -> None:
-    """After the run: write out/report.html when --report was given."""
-    if report and out is not None:
+    """After the run: write out/report.html when --report was given (under torchrun, rank 0 alone
+    has written the run)."""
+    from ..blocks.ranks import is_main_rank
+
+    if report and out is not None and is_main_rank():
         from ..report import write_report
 
         console.print(f"wrote {run_or_exit(write_report, out, overwrite=overwrite)}")

@@ -104,8 +104,37 @@ class Sums:
         self.G, self.syy_diag, self.syy = s.G, s.syy_diag, s.syy
         self.norms = s.norms
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The raw sums, on the CPU: loading them continues the stream bit for bit."""
+        out = {"n": torch.tensor([self.n]), "kx": self.kx, "ky": self.ky, "G": self.G}
+        out["syy_diag"] = self.syy_diag
+        if self.syy is not None:
+            out["syy"] = self.syy
+        if self.norms is not None:
+            out["norms"] = torch.tensor(self.norms, dtype=torch.float64)
+        return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back what `state` returned (shapes checked by the caller's file reader)."""
+        device = self.G.device
+        self.n = int(state["n"][0])
+        self.kx, self.ky = state["kx"].double().to(device), state["ky"].double().to(device)
+        self.G, self.syy_diag = state["G"].double().to(device), state["syy_diag"].double().to(device)
+        if self.syy is not None:
+            self.syy = state["syy"].double().to(device)
+        norms = state.get("norms")
+        self.norms = None if norms is None else (float(norms[0]), float(norms[1]))
+
+    def _to_device(self, device: torch.device) -> None:
+        """Move the (still empty) sums to the device of the first chunk: they stay there."""
+        self.kx, self.ky, self.G = self.kx.to(device), self.ky.to(device), self.G.to(device)
+        self.syy_diag = self.syy_diag.to(device)
+        self.syy = None if self.syy is None else self.syy.to(device)
+        self._buffer_rows, self._scratch = None, None
+
     def centred(self) -> dict[str, torch.Tensor]:
-        """n-free centred form: mean_x, mean_y, cxx, cxy, cyy_diag (and cyy), float64."""
+        """n-free centred form: mean_x, mean_y, cxx, cxy, cyy_diag (and cyy), float64, on the CPU
+        (sums kept on a GPU come to the CPU only here: to fit, score or merge)."""
         d, n, G = self.d, self.n, self.G
         sx, sy = G[:d, d], G[d, d + 1 :]
         inv = 1.0 / n if n else 0.0
@@ -118,32 +147,33 @@ class Sums:
         }
         if self.syy is not None:
             out["cyy"] = symmetric(self.syy) - inv * torch.outer(sy, sy)
-        return out
+        return {k: v.cpu() for k, v in out.items()}
 
     def set_centred(
         self, n: int, c: dict[str, torch.Tensor], shift: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> None:
         """Store centred statistics as sums about `shift` (default: their own means, sums zero)."""
-        d = self.d
+        d, device = self.d, self.G.device
+        c = {k: v.double().to(device) for k, v in c.items()}
         kx, ky = shift if shift is not None else (c["mean_x"], c["mean_y"])
-        kx, ky = kx.double().clone(), ky.double().clone()
-        sx, sy = n * (c["mean_x"].double() - kx), n * (c["mean_y"].double() - ky)
+        kx, ky = kx.double().to(device).clone(), ky.double().to(device).clone()
+        sx, sy = n * (c["mean_x"] - kx), n * (c["mean_y"] - ky)
         inv = 1.0 / n if n else 0.0
         G = torch.zeros_like(self.G)
         G[:d, :d] = c["cxx"] + inv * torch.outer(sx, sx)
         G[:d, d + 1 :] = c["cxy"] + inv * torch.outer(sx, sy)
         G[:d, d], G[d, d + 1 :], G[d, d] = sx, sy, float(n)
         self.n, self.kx, self.ky, self.G = n, kx, ky, G
-        self.syy_diag = c["cyy_diag"].double() + inv * sy * sy
+        self.syy_diag = c["cyy_diag"] + inv * sy * sy
         if self.syy is not None:
-            self.syy = c["cyy"].double() + inv * torch.outer(sy, sy)
+            self.syy = c["cyy"] + inv * torch.outer(sy, sy)
 
     # ---- chunks ----------------------------------------------------------------------------
     def _buffer(self, rows: int) -> torch.Tensor:
         """float64 rows [Xs, 1, Ys] of width d+1+k, reused (grown on demand)."""
         buf = self._buffer_rows
         if buf is None or buf.shape[0] < rows:
-            buf = torch.empty(rows, self.d + 1 + self.k, dtype=torch.float64)
+            buf = torch.empty(rows, self.d + 1 + self.k, dtype=torch.float64, device=self.G.device)
             buf[:, self.d] = 1.0
             self._buffer_rows = buf
         return buf[:rows]
@@ -152,7 +182,9 @@ class Sums:
         """Add one chunk (rows ≤ the caller's chunk size); raise, changing nothing, on bad data."""
         if X.shape[0] == 0:
             return
-        self._add(X, Y, offset)
+        if self.n == 0 and X.device != self.G.device:
+            self._to_device(X.device)
+        self._add(X.to(self.G.device), Y.to(self.G.device), offset)
 
     def _first_shift(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.n:
@@ -162,8 +194,8 @@ class Sums:
     def _scratch_products(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-chunk product matrices (zeroed once: the lower blocks stay zero)."""
         if self._scratch is None:
-            syy = None if self.syy is None else torch.zeros(self.k, self.k, dtype=torch.float64)
-            self._scratch = (torch.zeros(self.d + 1, self.d + 1 + self.k, dtype=torch.float64), syy)
+            syy = None if self.syy is None else torch.zeros_like(self.syy)
+            self._scratch = (torch.zeros_like(self.G), syy)
         return self._scratch
 
     def _add(self, X: torch.Tensor, Y: torch.Tensor, offset: int) -> None:

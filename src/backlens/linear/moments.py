@@ -56,10 +56,11 @@ class Moments:
         """Add the rows of X (n, d_in) and Y (n, d_out); any n, float32 or float64. Returns self.
 
         NaN/Inf raise BacklensError naming the array and the first bad row, and leave the
-        Moments unchanged.
+        Moments unchanged. The sums live on the device of the first rows (a GPU's, for CUDA
+        data: float64 there) and come to the CPU only when read.
         """
-        X = as_rows("X", X, self.d_in, "the Moments' d_in")
-        Y = as_rows("Y", Y, self.d_out, "the Moments' d_out")
+        X = as_rows("X", X, self.d_in, "the Moments' d_in", keep_device=True)
+        Y = as_rows("Y", Y, self.d_out, "the Moments' d_out", keep_device=True)
         if X.shape[0] != Y.shape[0]:
             raise fail(
                 "X, Y",
@@ -239,6 +240,26 @@ class Moments:
     def yy_diag(self) -> torch.Tensor:
         """diag(YᵀY), (d_out,)."""
         return self.cyy_diag + self._n * self.mean_y**2
+
+    # ---- raw state (checkpoints) ----------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        """The raw running sums (CPU tensors): `from_state` continues the stream bit for bit."""
+        return self._sums.state()
+
+    @classmethod
+    def from_state(cls, d_in: int, d_out: int, yy: str, state: dict[str, torch.Tensor]) -> Moments:
+        """Moments holding what `state()` returned (the caller checks where it came from)."""
+        out = cls(d_in, d_out, yy=yy)
+        width = d_in + 1 + d_out
+        shapes = {"kx": (d_in,), "ky": (d_out,), "G": (d_in + 1, width), "syy_diag": (d_out,)}
+        if yy == "full":
+            shapes["syy"] = (d_out, d_out)
+        for name, shape in shapes.items():
+            if name not in state or tuple(state[name].shape) != shape:
+                got = tuple(state[name].shape) if name in state else "missing"
+                raise fail("state", f"{name} of shape {shape}", got, "pass what Moments.state() returned")
+        out._sums.load_state(state)
+        return out
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

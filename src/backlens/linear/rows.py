@@ -15,10 +15,11 @@ __all__ = ["as_rows"]
 NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)  # kept as they are; others to float32
 
 
-def as_rows(argument: str, value: Any, width: int, owner: str) -> torch.Tensor:
+def as_rows(argument: str, value: Any, width: int, owner: str, keep_device: bool = False) -> torch.Tensor:
     """`value` (a tensor or numpy array, (n, width) or (..., width): leading dims flattened) as a
     2-D CPU tensor, float16/32/64 kept, other float dtypes as float32; else raise. `owner` names
-    what sets the width, for the message ("the map's input")."""
+    what sets the width, for the message ("the map's input"). `keep_device`: a GPU tensor stays
+    where it is (Moments accumulate on the data's device)."""
     if isinstance(value, np.ndarray):
         with warnings.catch_warnings():  # a read-only array is fine: it is only read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -34,5 +35,6 @@ def as_rows(argument: str, value: Any, width: int, owner: str) -> torch.Tensor:
             describe(value),
             f"pass rows of {width} features, matching {owner}",
         )
-    value = value.detach().reshape(-1, width).cpu()
+    value = value.detach().reshape(-1, width)
+    value = value if keep_device else value.cpu()
     return value if value.dtype in NUMPY_FLOATS else value.float()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,10 @@ class ModuleRecord:
         return self._only_call("grad_output").grad_output
 
 
+def _nothing() -> None:
+    """No copies in flight (a loaded record, or one traced on the CPU)."""
+
+
 class Trace:
     """The records of one `trace` context, indexed by module name.
 
@@ -156,6 +160,7 @@ class Trace:
         self._records = {r.name: r for r in records}
         self._model = model
         self.recording = False  # True while the trace's `with` block runs (the trace sets it)
+        self.settle: Callable[[], None] = _nothing  # waits for copies in flight (the trace sets it)
         self._ran: dict[str, None] = {}  # the names that ran, in order (a dict: ordered and quick)
         for name in order:
             self.mark_ran(name)
@@ -172,6 +177,7 @@ class Trace:
         return [*self._ran, *(n for n in self._records if n not in self._ran)]
 
     def __getitem__(self, name: str) -> ModuleRecord:
+        self.settle()
         if name not in self._records:
             import difflib
 
@@ -188,6 +194,7 @@ class Trace:
         return name in self._records
 
     def __iter__(self) -> Iterator[ModuleRecord]:
+        self.settle()
         return (self._records[n] for n in self.names)
 
     def __len__(self) -> int:

@@ -22,6 +22,12 @@ class Store:
     tensor that spans its whole storage): it costs nothing unless the source is written to while
     the record holds it (an in-place activation), and then costs what `clone` costs. Elsewhere it
     is `clone()` (store="device") or a copy to the CPU (store="cpu").
+
+    From CUDA, store="cpu" copies asynchronously into pinned memory: the copy is queued on the
+    tensor's stream (so a later in-place op on that stream cannot overtake it) and an event
+    marks its end; `settle()` waits for every copy still in flight, and the trace calls it
+    before anything reads a record (indexing the trace, a finished call, closing). CPU tensors
+    never take this path.
     """
 
     RECENT = 8
@@ -29,11 +35,30 @@ class Store:
     def __init__(self, mode: str | None) -> None:
         self.mode = mode
         self._recent: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._in_flight: list[Any] = []  # CUDA events of copies to pinned memory not yet waited on
+
+    def _to_host(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` copied to the CPU: from CUDA without blocking (pinned memory, settled later)."""
+        if t.device.type != "cuda":
+            return t.to("cpu", copy=True)
+        host = torch.empty_like(t, device="cpu", pin_memory=True)
+        stream = torch.cuda.current_stream(t.device)
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(stream)
+        self._in_flight.append(event)
+        return host
+
+    def settle(self) -> None:
+        """Wait for every asynchronous copy: after this, every stored tensor holds its values."""
+        for event in self._in_flight:
+            event.synchronize()
+        self._in_flight.clear()
 
     def _copy(self, t: torch.Tensor, storage_bytes: int = -1) -> torch.Tensor:
         t = t.detach()
         if t.device.type != "cpu":
-            return t.to("cpu", copy=True) if self.mode == "cpu" else t.clone()
+            return self._to_host(t) if self.mode == "cpu" else t.clone()
         if lazy_clone is not None and _spans_its_storage(t, storage_bytes):
             try:
                 return lazy_clone(t)
@@ -69,9 +94,12 @@ class Store:
         return copy
 
     def grad(self, g: torch.Tensor) -> torch.Tensor:
-        return g.detach().to("cpu") if self.mode == "cpu" else g.detach()
+        if self.mode != "cpu" or g.device.type == "cpu":
+            return g.detach()
+        return self._to_host(g.detach())
 
     def clear(self) -> None:
+        self.settle()
         self._recent.clear()
 
 

@@ -144,6 +144,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         )
         self.record.recording = True
         self._store = Store(self.store)
+        self.record.settle = self._store.settle
         self._counts = dict.fromkeys(self.selected, 0)
         self._stacks: dict[str, list[_InFlight]] = {n: [] for n in self.selected}  # per module
         self._seen: set[str] = set()
@@ -282,6 +283,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
     def _finish(self, pending: _Pending, backward: bool) -> None:
         call = pending.call
         assert call is not None
+        self._store.settle()  # copies from CUDA land before gradients are summed or read
         self._waiting.pop(pending.ref, None)  # type: ignore[arg-type]
         pending.done = True
         for handle in pending.handles:
@@ -309,4 +311,5 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
 
     def _emit(self, call: Call) -> None:
         if self.on_record is not None:
+            self._store.settle()  # the callback reads the call
             self.on_record(call)

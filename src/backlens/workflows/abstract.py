@@ -18,6 +18,7 @@ from ..blocks.block import Block
 from ..blocks.collect import collect
 from ..blocks.compare import Fits, compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, PROBES, fit_method, parse_methods
+from ..blocks.ranks import is_main_rank, shard_batches
 from ..errors import fail
 from ..linear import methods as names
 from ..linear.ridge import EffectiveSamplesWarning
@@ -26,6 +27,7 @@ from .datasets import Dataset, load_dataset
 from .loaders import tensor_loader
 from .mlp import build_mlp, parse_widths
 from .model_io import load_model, save_model
+from .processes import Checkpoints, rank_console, same_model
 from .run_dir import check_run_dir, run_versions
 from .train import Split, default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
@@ -62,6 +64,8 @@ class AbstractOptions:
     batch_size: int = 32
     lr: float = 1e-3
     probes: int = PROBES  # probe cotangents per training input, for ridge-probe
+    checkpoint_every: int | None = None  # batches between checkpoints, at <out>.checkpoint
+    resume: bool = False  # continue an interrupted run from its checkpoint
 
 
 def map_file_name(block: str, method: str, direction: str) -> str:
@@ -98,7 +102,7 @@ def sample_size_curve(
             extra["probes"] = probes
         if backward and names.RIDGE_DIRECTION in curve_methods:
             extra["weighting"] = "direction"
-        col = collect(model, block, subset, direction, loss, show_progress=False, **extra)
+        col = collect(model, block, subset, direction, loss, show_progress=False, distributed=False, **extra)
         for method in curve_methods:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EffectiveSamplesWarning)
@@ -165,9 +169,17 @@ def _trained_model(
 
 
 def _block_entry(
-    options: AbstractOptions, model: nn.Module, block: Block, split: Split, loss: str, seed: int, first: bool
+    options: AbstractOptions,
+    model: nn.Module,
+    block: Block,
+    split: Split,
+    loss: str,
+    seed: int,
+    first: bool,
+    checkpoints: Checkpoints,
 ) -> tuple[dict[str, Any], Fits]:
-    """One block's rows (and, in the first run, its sample-size curve and spectra)."""
+    """One block's rows (and, in the first run, its sample-size curve and spectra). Every rank
+    collects its shard; rank 0 alone fits and scores."""
     train_loader, test_loader = loader(split.train, 256), loader(split.test, 256)
     asked = {m.name for m in parse_methods(options.methods)}
     backward = options.direction in ("backward", "both")
@@ -175,8 +187,16 @@ def _block_entry(
         "probes": options.probes if backward and names.RIDGE_PROBE in asked else 0,
         "weighting": "direction" if backward and names.RIDGE_DIRECTION in asked else None,
     }
-    train_col = collect(model, block, train_loader, options.direction, loss, seed=seed, **extra)  # type: ignore[arg-type]
-    test_col = collect(model, block, test_loader, options.direction, loss, seed=seed + 1)
+    train_col = collect(
+        model, block, shard_batches(train_loader), options.direction, loss, seed=seed,
+        **extra, **checkpoints.options(seed, block.label, "train"),  # type: ignore[arg-type]
+    )  # fmt: skip
+    test_col = collect(
+        model, block, shard_batches(test_loader), options.direction, loss, seed=seed + 1,
+        **checkpoints.options(seed, block.label, "test"),  # type: ignore[arg-type]
+    )  # fmt: skip
+    if not is_main_rank():
+        return {"block": block.label, "modules": block.names, "rows": []}, Fits()
     fits = fit_all(block, train_col, parse_methods(options.methods), options.direction)
     rows = compare(
         model,
@@ -189,6 +209,7 @@ def _block_entry(
         train=train_col,
         test=test_col,
         fitted=fits,
+        distributed=False,  # rank 0 alone scores, on the whole test split
     )
     entry: dict[str, Any] = {
         "block": block.label,
@@ -212,7 +233,12 @@ def _block_entry(
 
 
 def _one_run(
-    options: AbstractOptions, seed: int, console: Console, out: Path | None, first: bool
+    options: AbstractOptions,
+    seed: int,
+    console: Console,
+    out: Path | None,
+    first: bool,
+    checkpoints: Checkpoints,
 ) -> dict[str, Any]:
     data = load_dataset(options.data, seed=seed, target=options.target)
     loss = _task_loss(options, data)
@@ -220,6 +246,7 @@ def _one_run(
         data.check_widths(parse_widths(options.layers))  # before the split: fail early
     split = split_dataset(data, options.test_size, seed)
     model, widths, activation = _trained_model(options, split, loss, seed, console)
+    same_model(model)
     metric = {
         "train": task_metric(model, split.train, loss),
         "test": task_metric(model, split.test, loss),
@@ -227,7 +254,7 @@ def _one_run(
     }
     per_block = []
     for block in Block.parse(model, options.blocks):
-        entry, fits = _block_entry(options, model, block, split, loss, seed, first)
+        entry, fits = _block_entry(options, model, block, split, loss, seed, first, checkpoints)
         if first and out is not None:
             for (method, d), lm in fits.maps.items():
                 lm.save(out / "maps" / map_file_name(block.label, method, d))
@@ -275,13 +302,15 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
     """Run the whole experiment; write results.json, maps, model and plots into options.out."""
     from .abstract_report import print_run, print_summary, write_outputs
 
-    console = console or Console()
+    console = rank_console(console or Console())
     if options.repeat < 1:
         raise fail("repeat", "a positive number of seeds", options.repeat, "use repeat=1 or more")
-    out = check_run_dir(options.out, options.overwrite)
+    checkpoints = Checkpoints(options.out, options.checkpoint_every, options.resume)
+    # a resumed run may find the interrupted run's partial outputs in --out
+    out = check_run_dir(options.out, options.overwrite or options.resume) if is_main_rank() else None
     runs = []
     for k in range(options.repeat):
-        runs.append(_one_run(options, options.seed + k, console, out, first=k == 0))
+        runs.append(_one_run(options, options.seed + k, console, out, k == 0, checkpoints))
         print_run(console, runs[-1], options)
     results = {
         "options": asdict(options),
@@ -292,4 +321,5 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
     print_summary(console, results)
     if out is not None:
         write_outputs(console, results, out)
+    checkpoints.finish()
     return results

@@ -17,10 +17,12 @@ from ..blocks.block import Block
 from ..blocks.collect import collect
 from ..blocks.compare import compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, parse_methods
+from ..blocks.ranks import is_main_rank, shard_batches
 from ..errors import BacklensError, check_choice, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
 from .datasets import load_dataset
+from .processes import Checkpoints, rank_console, same_model
 from .run_dir import check_run_dir, run_versions
 from .train import default_loss, loader, metric_name, split_dataset, task_metric
 from .user_model import load_user_model
@@ -48,6 +50,8 @@ class ArchOptions:
     weights: str | None = None  # its safetensors weights
     data: str = "digits"  # the user model's dataset (datasets.load_dataset)
     loss: str | None = None
+    checkpoint_every: int | None = None  # batches between checkpoints, at <out>.checkpoint
+    resume: bool = False  # continue an interrupted run from its checkpoint
 
 
 def zoo_block(model: nn.Module, path: str) -> Block:
@@ -87,12 +91,27 @@ def _trained(options: ArchOptions, console: Console) -> tuple[nn.Module, Any]:
 
 
 def _block_entry(
-    options: ArchOptions, model: nn.Module, block: Block, train: Any, test: Any, loss: str
+    options: ArchOptions,
+    model: nn.Module,
+    block: Block,
+    train: Any,
+    test: Any,
+    loss: str,
+    checkpoints: Checkpoints,
 ) -> dict[str, Any]:
+    """One block's entry: every rank collects its shard; rank 0 alone scores and fits."""
     # 512 sampled inputs bound the mean Jacobian's cost: one backward pass per output coordinate
     kept = {"seed": options.seed, "max_inputs": MAX_INPUTS, "show_progress": False}
-    train_col = collect(model, block, train, options.direction, loss, **kept)  # type: ignore[arg-type]
-    test_col = collect(model, block, test, options.direction, loss, **kept)  # type: ignore[arg-type]
+    train_col = collect(
+        model, block, shard_batches(train), options.direction, loss,
+        **kept, **checkpoints.options(options.seed, block.label, "train"),  # type: ignore[arg-type]
+    )  # fmt: skip
+    test_col = collect(
+        model, block, shard_batches(test), options.direction, loss,
+        **kept, **checkpoints.options(options.seed, block.label, "test"),  # type: ignore[arg-type]
+    )  # fmt: skip
+    if not is_main_rank():
+        return {"block": block.label}
     entry: dict[str, Any] = {"block": block.label, "modules": block.names, "positions": train_col.positions}
     if train_col.forward is not None and test_col.forward is not None:
         try:
@@ -114,6 +133,7 @@ def _block_entry(
         train=train_col,
         test=test_col,
         fitted=fits,
+        distributed=False,  # rank 0 alone scores, on the whole test split
         show_progress=False,
     )
     entry["rows"] = [r.to_dict() for r in rows]
@@ -129,14 +149,21 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
     from .abstract_report import print_run, write_outputs
     from .linearity_report import plot_linearity, print_linearity
 
-    console = console or Console()
-    out = check_run_dir(options.out, options.overwrite)
+    console = rank_console(console or Console())
+    checkpoints = Checkpoints(options.out, options.checkpoint_every, options.resume)
+    # a resumed run may find the interrupted run's partial outputs in --out
+    out = check_run_dir(options.out, options.overwrite or options.resume) if is_main_rank() else None
     run = _user_run(options) if options.model is not None else _arch_run(options, console)
     model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
+    same_model(model)
     run["blocks"] = [
-        _block_entry(options, model, b, train, test, run["loss"]) for b in _blocks(options, model)
+        _block_entry(options, model, b, train, test, run["loss"], checkpoints)
+        for b in _blocks(options, model)
     ]
     results = {"options": asdict(options), "versions": run_versions(), "runs": [run]}
+    if not is_main_rank():
+        checkpoints.finish()
+        return results
     if not options.linearity_only:
         print_run(console, run, options)
     print_linearity(console, run)
@@ -146,6 +173,7 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
         else:
             write_outputs(console, results, out)
         console.print(f"wrote {plot_linearity(run, out / 'linearity.png')}")
+    checkpoints.finish()
     return results
 
 
