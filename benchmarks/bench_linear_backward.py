@@ -59,7 +59,7 @@ def main() -> dict[str, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        batch, steps, rounds = (64, 5, 3) if quick() else (256, 20, 7)
+        batch, steps, rounds = (64, 5, 3) if quick() else (256, 30, 11)
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
         times: dict[str, list[float]] = {m: [] for m in METHODS}
