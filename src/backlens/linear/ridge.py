@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class _System:
     cy: torch.Tensor  # (k,)
     n: int
     intercept: bool
+    sx: float = 1.0  # the units the system is in: X/sx, Y/sy (see _unit_scaled)
+    sy: float = 1.0
 
     @property
     def scale(self) -> float:
@@ -111,6 +114,30 @@ def _system(m: Moments, intercept: bool) -> _System:
     return _System(m.xx, m.xy, float(m.yy_diag.sum()), zeros_x, zeros_y, m.n, False)
 
 
+def _unit_scaled(s: _System) -> _System:
+    """The same system in units where tr(A)/d = 1 and Σ‖y − cy‖²/(n·k) = 1, so nothing below
+    depends on the data's units: eigenvalues, α², RSS and GCV stay near 1 for data at 1e-50 or
+    1e50 (unscaled, GCV's α²·‖q‖² overflows float64 from about 1e40 and underflows below 1e-45).
+    M and b are scaled back in _map; α in _fit."""
+    if not (bool(torch.isfinite(s.A).all()) and bool(torch.isfinite(s.B).all()) and np.isfinite(s.yy)):
+        raise fail(
+            "moments",
+            "sums of squares that fit in float64",
+            "Inf in XᵀX, XᵀY or YᵀY (the data's squares overflow)",
+            "rescale X and Y (e.g. divide by their largest magnitude) before Moments.update",
+        )
+    d, k = s.B.shape
+    xx, yy = float(torch.trace(s.A)) / d, s.yy / (max(s.n, 1) * k)
+    sx, sy = _power_of_two_near(np.sqrt(xx)), _power_of_two_near(np.sqrt(yy))
+    return _System(s.A / sx**2, s.B / (sx * sy), s.yy / sy**2, s.cx / sx, s.cy / sy, s.n, s.intercept, sx, sy)
+
+
+def _power_of_two_near(value: float) -> float:
+    """A power of two within a factor √2 of `value` (1 for 0): dividing by it is exact in
+    floating point, so a fit in these units rounds exactly as the same fit in unit data."""
+    return math.ldexp(1.0, round(math.log2(value))) if value > 0 else 1.0
+
+
 def _eig(s: _System) -> _Eig:
     lam, V = torch.linalg.eigh(s.A)
     top = float(lam.max().clamp_min(0))
@@ -138,10 +165,10 @@ def _held_out_sse(s: _System, e: _Eig, val: Moments, alphas: np.ndarray) -> np.n
     syy = tr Cyy' + n'‖w‖²: SSE = syy − 2·tr(MᵀSxy) + tr(MᵀSxxM); in the eigenbasis this is
     syy − 2·Σᵢ Dᵢ⟨qᵢ, pᵢ⟩ + DᵀHD with D = 1/(λ+α), P = VᵀSxy, H = (VᵀSxxV) ∘ (QQᵀ).
     """
-    u, w = val.mean_x - s.cx, val.mean_y - s.cy
-    sxx = val.cxx + val.n * torch.outer(u, u)
-    sxy = val.cxy + val.n * torch.outer(u, w)
-    syy = float(val.cyy_diag.sum()) + val.n * float(w @ w)
+    u, w = val.mean_x / s.sx - s.cx, val.mean_y / s.sy - s.cy  # in the system's units
+    sxx = val.cxx / s.sx**2 + val.n * torch.outer(u, u)
+    sxy = val.cxy / (s.sx * s.sy) + val.n * torch.outer(u, w)
+    syy = float(val.cyy_diag.sum()) / s.sy**2 + val.n * float(w @ w)
     qp = (e.Q * (e.V.T @ sxy)).sum(dim=1).numpy()
     H = ((e.V.T @ sxx @ e.V) * (e.Q @ e.Q.T)).numpy()
     D = 1.0 / (e.lam.numpy()[None, :] + alphas[:, None])  # (grid, d)
@@ -167,8 +194,16 @@ def _check_moments(argument: str, m: Any, least: int = 1) -> Moments:
 
 
 def _grid(grid: Any) -> np.ndarray:
-    values = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64).ravel()
-    if values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
+    try:
+        values = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.array([np.nan])  # strings, None inside, ragged lists: refused below
+    if (
+        isinstance(grid, (str, bytes))
+        or values.size == 0
+        or not np.isfinite(values).all()
+        or (values <= 0).any()
+    ):
         raise fail(
             "grid",
             "a non-empty sequence of positive finite numbers (relative to tr(XᵀX)/d)",
@@ -186,7 +221,7 @@ class _AlphaChoice:
     """The α to solve with, how it was chosen (for LinearMap.info), and the eigendecomposition
     that choosing it needed (None for a fixed α), so the solve can reuse it."""
 
-    alpha: float
+    alpha: float  # in the system's units (absolute α / sx²)
     info: dict[str, Any]
     eig: _Eig | None
 
@@ -194,7 +229,9 @@ class _AlphaChoice:
 def _resolve_alpha(s: _System, alpha: Any, validation: Any, grid: Any) -> _AlphaChoice:
     """The one place α is decided: a number, 'gcv', or 'validation'."""
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
-        return _fixed_alpha(alpha, validation, grid)
+        choice = _fixed_alpha(alpha, validation, grid)
+        choice.alpha /= s.sx**2
+        return choice
     if alpha not in ALPHA_RULES:
         raise fail("alpha", ALPHA_EXPECTED, repr(alpha), "pass one of those")
     return _alpha_on_grid(s, alpha, validation, grid)
@@ -225,9 +262,10 @@ def _alpha_on_grid(s: _System, rule: str, validation: Any, grid: Any) -> _AlphaC
     _warn_at_grid_edge(best, rel, rule)
     info = {
         "alpha_source": rule,
-        "grid": alphas.tolist(),
+        "grid": (alphas * s.sx**2).tolist(),
         "grid_relative": rel.tolist(),
-        "criterion": [float(v) if np.isfinite(v) else None for v in scores],
+        # GCV and the held-out SSE are sums of squares of Y: back in the data's units
+        "criterion": [float(v) * s.sy**2 if np.isfinite(v) else None for v in scores],
     }
     return _AlphaChoice(float(alphas[best]), info, e)
 
@@ -284,7 +322,8 @@ def _warn_at_grid_edge(best: int, rel: np.ndarray, rule: str) -> None:
 
 
 def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """M = (A + αI)⁻¹B: by Cholesky for a fixed α, from the eigendecomposition when there is one."""
+    """M = (A + αI)⁻¹B in the system's units: by Cholesky for a fixed α, from the
+    eigendecomposition when there is one."""
     d, k = s.B.shape
     if e is None:
         eye = torch.eye(d, dtype=torch.float64)
@@ -299,7 +338,7 @@ def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict
             return torch.cholesky_solve(s.B, L), info
         e = _eig(s)
         warnings.warn(
-            f"XᵀX + αI is singular at alpha={alpha:g} (n={s.n}, d={d}); returning the minimum-norm "
+            f"XᵀX + αI is singular at alpha={alpha * s.sx**2:g} (n={s.n}, d={d}); returning the minimum-norm "
             "solution from its eigendecomposition. Use alpha='gcv' or a larger alpha for a "
             "ridge fit.",
             SingularSystemWarning,
@@ -320,7 +359,7 @@ def _fit(
     m = _check_moments("moments", moments)
     if not isinstance(intercept, bool):
         raise fail("intercept", "True or False", repr(intercept), "pass a bool")
-    s = _system(m, intercept)
+    s = _unit_scaled(_system(m, intercept))
     _warn_effective_samples(m)
     choice = _resolve_alpha(s, alpha, validation, grid)
     alpha_value, info = choice.alpha, choice.info
@@ -328,7 +367,7 @@ def _fit(
     info.update(solve_info)
     info.update(
         {
-            "alpha": alpha_value,
+            "alpha": alpha_value * s.sx**2,
             "alpha_relative": alpha_value / s.scale,
             "n": s.n,
             "n_eff": m.n_eff,  # (Σ‖x‖²)²/Σ‖x‖⁴ of the fitting rows; None when unknown
@@ -341,8 +380,9 @@ def _fit(
 
 
 def _map(s: _System, M: torch.Tensor, method: str, info: dict[str, Any]) -> LinearMap:
-    bias = s.cy - s.cx @ M  # zero without intercept
-    return LinearMap(M, bias, method, info)
+    """The map in the data's units, from M in the system's (X/sx, Y/sy)."""
+    bias = (s.cy - s.cx @ M) * s.sy  # zero without intercept
+    return LinearMap(M * (s.sy / s.sx), bias, method, info)
 
 
 def ridge(
@@ -390,7 +430,7 @@ def reduced_rank(
             repr(rank),
             "pass a smaller rank (full rank is plain ridge)",
         )
-    s, M, alpha_value, info = _fit(m, alpha, intercept, validation, grid)
+    s, M, alpha_value, info = _fit(m, alpha, intercept, validation, grid)  # in the system's units
     gram = M.T @ (s.A @ M + alpha_value * M)
     gram = (gram + gram.T) / 2
     values, U = torch.linalg.eigh(gram)  # ascending

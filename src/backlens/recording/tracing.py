@@ -161,8 +161,14 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             raise
         return self.record
 
-    def __exit__(self, *exc: object) -> None:
-        self._close()
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        try:
+            self._close()
+        except Exception as callback_error:
+            if not isinstance(error, BaseException):
+                raise
+            # the body's own exception is the one to see; on_record's failure is noted on it
+            error.add_note(f"on_record raised on exit too: {type(callback_error).__name__}: {callback_error}")
 
     def _close(self) -> None:
         self._enabled = False
@@ -171,15 +177,31 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for ref in list(self._waiting):
-            pending = ref()
-            if pending is not None and not pending.done:
-                self._finish(pending, backward=False)
-        self._waiting.clear()
-        self._active.clear()
-        self._store.clear()
-        for stack in self._stacks.values():
-            stack.clear()
+        try:
+            self._finish_all(
+                [p for p in (ref() for ref in list(self._waiting)) if p is not None and not p.done],
+                backward=False,
+            )
+        finally:
+            self._waiting.clear()
+            self._active.clear()
+            self._store.clear()
+            for stack in self._stacks.values():
+                stack.clear()
+
+    def _finish_all(self, pendings: list[_Pending], backward: bool) -> None:
+        """Finish every call, even when on_record raises for one: the others keep what they saw
+        (their gradients among it); the first error is raised once all are done."""
+        first: Exception | None = None
+        for pending in pendings:
+            if pending.done:
+                continue
+            try:
+                self._finish(pending, backward=backward)
+            except Exception as error:
+                first = first or error
+        if first is not None:
+            raise first
 
     # forward: copy inputs before the module runs (it may change them in place), outputs after
 
@@ -275,9 +297,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
     def _flush(self) -> None:
         active, self._active = self._active, []
         self._queued_task = None
-        for pending in sorted(active, key=lambda p: p.order):
-            if not pending.done:
-                self._finish(pending, backward=True)
+        self._finish_all(sorted(active, key=lambda p: p.order), backward=True)
 
     def _finish(self, pending: _Pending, backward: bool) -> None:
         call = pending.call

@@ -26,7 +26,7 @@ from .datasets import Dataset, load_dataset
 from .loaders import tensor_loader
 from .mlp import build_mlp, parse_widths
 from .model_io import load_model, save_model
-from .run_dir import check_run_dir, run_versions
+from .run_dir import run_versions, staged_run_dir
 from .train import Split, default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
@@ -278,18 +278,18 @@ def run_abstract(options: AbstractOptions, console: Console | None = None) -> di
     console = console or Console()
     if options.repeat < 1:
         raise fail("repeat", "a positive number of seeds", options.repeat, "use repeat=1 or more")
-    out = check_run_dir(options.out, options.overwrite)
-    runs = []
-    for k in range(options.repeat):
-        runs.append(_one_run(options, options.seed + k, console, out, first=k == 0))
-        print_run(console, runs[-1], options)
-    results = {
-        "options": asdict(options),
-        "versions": run_versions(),
-        "runs": runs,
-        "summary": _aggregate(runs),
-    }
-    print_summary(console, results)
-    if out is not None:
-        write_outputs(console, results, out)
+    with staged_run_dir(options.out, options.overwrite) as out:
+        runs = []
+        for k in range(options.repeat):
+            runs.append(_one_run(options, options.seed + k, console, out, first=k == 0))
+            print_run(console, runs[-1], options)
+        results = {
+            "options": asdict(options),
+            "versions": run_versions(),
+            "runs": runs,
+            "summary": _aggregate(runs),
+        }
+        print_summary(console, results)
+        if out is not None:
+            write_outputs(console, results, out)
     return results

@@ -21,7 +21,7 @@ from ..errors import BacklensError, check_choice, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
 from .datasets import load_dataset
-from .run_dir import check_run_dir, run_versions
+from .run_dir import final_path, run_versions, staged_run_dir
 from .train import default_loss, loader, metric_name, split_dataset, task_metric
 from .user_model import load_user_model
 from .zoo import ARCHITECTURES, accuracy, loaders, train_arch, zoo_data
@@ -130,22 +130,22 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
     from .linearity_report import plot_linearity, print_linearity
 
     console = console or Console()
-    out = check_run_dir(options.out, options.overwrite)
-    run = _user_run(options) if options.model is not None else _arch_run(options, console)
-    model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
-    run["blocks"] = [
-        _block_entry(options, model, b, train, test, run["loss"]) for b in _blocks(options, model)
-    ]
-    results = {"options": asdict(options), "versions": run_versions(), "runs": [run]}
-    if not options.linearity_only:
-        print_run(console, run, options)
-    print_linearity(console, run)
-    if out is not None:
-        if options.linearity_only:
-            console.print(f"wrote {write_json(out / 'results.json', results)}")
-        else:
-            write_outputs(console, results, out)
-        console.print(f"wrote {plot_linearity(run, out / 'linearity.png')}")
+    with staged_run_dir(options.out, options.overwrite) as out:
+        run = _user_run(options) if options.model is not None else _arch_run(options, console)
+        model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
+        run["blocks"] = [
+            _block_entry(options, model, b, train, test, run["loss"]) for b in _blocks(options, model)
+        ]
+        results = {"options": asdict(options), "versions": run_versions(), "runs": [run]}
+        if not options.linearity_only:
+            print_run(console, run, options)
+        print_linearity(console, run)
+        if out is not None:
+            if options.linearity_only:
+                console.print(f"wrote {final_path(write_json(out / 'results.json', results))}")
+            else:
+                write_outputs(console, results, out)
+            console.print(f"wrote {final_path(plot_linearity(run, out / 'linearity.png'))}")
     return results
 
 
