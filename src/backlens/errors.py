@@ -18,7 +18,14 @@ __all__ = [
     "check_device",
     "check_choice",
     "check_positive_int",
+    "check_seed",
+    "check_positive_real",
+    "SEED_LIMIT",
 ]
+
+# Seeds are ints in [0, 2**31): torch takes them up to 2**64, numpy and scikit-learn below
+# 2**32, and backlens adds offsets (seed + k for repeats, + 7919 for probes) that must stay valid.
+SEED_LIMIT = 2**31
 
 
 class BacklensError(ValueError):
@@ -151,3 +158,25 @@ def check_positive_int(argument: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(argument, "a positive integer", repr(value), "pass an int >= 1")
     return value
+
+
+def check_seed(argument: str, value: Any) -> int:
+    """Return `value` if it is an int seed in [0, SEED_LIMIT), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise fail(argument, "an int seed in [0, 2**31)", repr(value), "pass e.g. seed=0")
+    return value
+
+
+def check_positive_real(argument: str, value: Any, fix: str) -> float:
+    """Return `value` as a float if it is a finite real number > 0, else raise."""
+    import math
+    import numbers
+
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise fail(argument, "a finite number > 0", repr(value), fix)
+    return float(value)

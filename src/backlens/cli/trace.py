@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from torch import nn
 
-from ..errors import check_choice, check_positive_int, fail
+from ..errors import check_choice, check_positive_int, check_seed, fail
 from ..recording.record import Trace
 from ..recording.tracing import trace
 from ..workflows.datasets import load_dataset
@@ -39,8 +39,7 @@ def trace_step(
     check_choice("--data", data, list(DATA))
     check_choice("--activation", activation, list(ACTIVATIONS))
     check_positive_int("--batch-size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise fail("--seed", "an int in [0, 2**63)", repr(seed), "pass e.g. --seed 0")
+    check_seed("--seed", seed)
     if save is not None:  # before any work: the record is written last
         check_output_file("--save", save, overwrite)
     dataset = load_dataset(data, seed=seed)

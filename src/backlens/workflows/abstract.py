@@ -15,18 +15,18 @@ from rich.progress import Progress
 from torch import nn
 
 from ..blocks.block import Block
-from ..blocks.collect import collect
+from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import Fits, compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, PROBES, fit_method, parse_methods
-from ..errors import fail
+from ..errors import check_choice, check_positive_int, check_positive_real, check_seed, fail
 from ..linear import methods as names
 from ..linear.ridge import EffectiveSamplesWarning
 from ..linear.scores import score
 from .datasets import Dataset, load_dataset
 from .loaders import tensor_loader
-from .mlp import build_mlp, parse_widths
+from .mlp import ACTIVATIONS, build_mlp, parse_widths
 from .model_io import load_model, save_model
-from .run_dir import run_versions, staged_run_dir
+from .run_dir import check_run_dir, run_versions, staged_run_dir
 from .train import Split, default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
@@ -271,13 +271,43 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def validate(options: AbstractOptions) -> None:
+    """Every option's type and range, the model file or widths, the blocks on that model and the
+    output directory: checked before any data is loaded or anything is trained."""
+    check_positive_int("repeat", options.repeat)
+    check_positive_int("epochs", options.epochs)
+    check_positive_int("batch_size", options.batch_size)
+    check_seed("seed", options.seed)
+    check_positive_real("lr", options.lr, "pass a learning rate such as 1e-3")
+    size = options.test_size
+    if isinstance(size, bool) or not isinstance(size, float | int) or not 0 < size < 1:
+        raise fail("test_size", "a fraction between 0 and 1", repr(options.test_size), "use e.g. 0.3")
+    check_choice("direction", options.direction, list(DIRECTIONS))
+    parse_methods(options.methods)
+    if options.model is not None:
+        defaults = AbstractOptions()
+        beside = [f for f in ("layers", "activation") if getattr(options, f) != getattr(defaults, f)]
+        if beside:
+            raise fail(
+                "model",
+                "no layers or activation beside a model file (it holds its own)",
+                ", ".join(f"{f}={getattr(options, f)!r}" for f in beside),
+                "drop those options, or drop model",
+            )
+        model = load_model(options.model)[0]
+    else:
+        check_choice("activation", options.activation, list(ACTIVATIONS))
+        model = build_mlp(parse_widths(options.layers), options.activation)
+    Block.parse(model, options.blocks)  # on the untrained model: the same module names
+    check_run_dir(options.out, options.overwrite)
+
+
 def run_abstract(options: AbstractOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the whole experiment; write results.json, maps, model and plots into options.out."""
     from .abstract_report import print_run, print_summary, write_outputs
 
     console = console or Console()
-    if options.repeat < 1:
-        raise fail("repeat", "a positive number of seeds", options.repeat, "use repeat=1 or more")
+    validate(options)
     with staged_run_dir(options.out, options.overwrite) as out:
         runs = []
         for k in range(options.repeat):

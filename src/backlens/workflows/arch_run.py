@@ -14,10 +14,10 @@ from rich.table import Table
 from torch import nn
 
 from ..blocks.block import Block
-from ..blocks.collect import collect
+from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, parse_methods
-from ..errors import BacklensError, check_choice, fail
+from ..errors import BacklensError, check_choice, check_positive_int, check_seed, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
 from .datasets import load_dataset
@@ -130,6 +130,7 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
     from .linearity_report import plot_linearity, print_linearity
 
     console = console or Console()
+    _validate(options)
     with staged_run_dir(options.out, options.overwrite) as out:
         run = _user_run(options) if options.model is not None else _arch_run(options, console)
         model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
@@ -147,6 +148,17 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
                 write_outputs(console, results, out)
             console.print(f"wrote {final_path(plot_linearity(run, out / 'linearity.png'))}")
     return results
+
+
+def _validate(options: ArchOptions) -> None:
+    """The options' types and ranges, before any model is built or trained."""
+    check_seed("seed", options.seed)
+    if options.epochs is not None:
+        check_positive_int("epochs", options.epochs)
+    check_choice("direction", options.direction, list(DIRECTIONS))
+    parse_methods(options.methods)
+    if options.model is None:
+        check_choice("arch", options.arch, list(ARCHITECTURES))
 
 
 def _arch_run(options: ArchOptions, console: Console) -> dict[str, Any]:

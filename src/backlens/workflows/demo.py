@@ -15,7 +15,7 @@ from rich.table import Table
 from torch import nn
 
 from ..byhand.check import check
-from ..errors import fail
+from ..errors import check_seed
 from ..files import write_json
 from ..recording.tracing import trace
 from . import notebook
@@ -193,8 +193,7 @@ def run_demo(
 ) -> dict:
     """Print sections a–f; with `out`, write results.json and the PNG plot there (a new directory,
     or overwrite=True to replace an earlier run whole). Returns all numbers."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise fail("seed", "an int in [0, 2**63)", repr(seed), "pass e.g. seed=0")
+    check_seed("seed", seed)
     console = console or Console()
     with staged_run_dir(out, overwrite) as out_dir:
         return _demo(seed, out_dir, console)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import describe, fail
+from ..errors import check_seed, describe, fail
 
 __all__ = ["build_mlp", "parse_widths", "ACTIVATIONS"]
 
@@ -45,6 +45,8 @@ def build_mlp(
         )
     if activation not in ACTIVATIONS:
         raise fail("activation", "one of " + ", ".join(ACTIVATIONS), repr(activation), "pick a listed name")
+    if seed is not None:
+        check_seed("seed", seed)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

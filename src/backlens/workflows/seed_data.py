@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import check_positive_int, fail
+from ..errors import check_positive_int, check_seed, fail
 from .loaders import tensor_loader
 
 __all__ = ["seed_regression", "seed_loader", "seed_target"]
@@ -27,10 +27,8 @@ def seed_regression(
 
 
 def _check_seed(seed: object) -> int:
-    """`seed` if it is an int, else raise."""
-    if not isinstance(seed, int):
-        raise fail("seed", "an int", repr(seed), "pass an integer seed")
-    return seed
+    """`seed` if it is an int seed in range, else raise."""
+    return check_seed("seed", seed)
 
 
 def seed_loader(

@@ -26,7 +26,7 @@ from torch import nn
 from ..blocks.linear_backward import BACKWARD_METHODS, linear_backward
 from ..blocks.shadow import Shadow
 from ..byhand.losses import get_loss, torch_loss
-from ..errors import BacklensError, check_choice, check_positive_int, fail
+from ..errors import BacklensError, check_choice, check_positive_int, check_seed, fail
 from .datasets import Dataset
 from .mlp import ACTIVATIONS, build_mlp, parse_widths
 from .mnist import load_mnist, load_named
@@ -134,8 +134,7 @@ def prepare(options: TrainOptions) -> Prepared:
     check_positive_int("batch_size", options.batch_size)
     if options.threads is not None:
         check_positive_int("threads", options.threads)
-    if isinstance(options.seed, bool) or not isinstance(options.seed, int):
-        raise fail("seed", "an int", repr(options.seed), "pass e.g. seed=0")
+    check_seed("seed", options.seed)
     _check_lr(options.lr)
     check_choice("activation", options.activation, list(ACTIVATIONS))
     check_run_dir(options.out, options.overwrite)
