@@ -151,6 +151,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         self._active: list[_Pending] = []
         self._queued_task: int | None = None
         self._order = 0
+        self._dropped: Exception | None = None  # on_record's error where a graph was freed
         self._enabled = True
         try:
             for name, module in modules.items():
@@ -178,10 +179,11 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             handle.remove()
         self._handles.clear()
         try:
-            self._finish_all(
-                [p for p in (ref() for ref in list(self._waiting)) if p is not None and not p.done],
-                backward=False,
-            )
+            waiting = [ref() for ref in list(self._waiting)]
+            self._finish_all([p for p in waiting if p is not None], backward=False)
+            dropped, self._dropped = self._dropped, None
+            if dropped is not None:
+                raise dropped
         finally:
             self._waiting.clear()
             self._active.clear()
@@ -325,7 +327,10 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         """The graph of a call (and so its hooks) was freed before any backward reached it."""
         call = self._waiting.pop(ref, None)
         if call is not None and self._enabled:
-            self._emit(call)
+            try:
+                self._emit(call)
+            except Exception as error:  # Python would print and drop it here: raised on exit instead
+                self._dropped = self._dropped or error
 
     def _emit(self, call: Call) -> None:
         if self.on_record is not None:
