@@ -23,7 +23,7 @@ from rich.progress import Progress
 from torch import nn
 
 from ..byhand.losses import torch_loss
-from ..errors import check_choice, check_module, check_positive_int, fail
+from ..errors import check_choice, check_module, check_positive_int, check_seed, fail
 from ..linear.moments import Moments
 from .block import Block
 from .boundary import Crossing, boundaries, buffers_kept
@@ -214,6 +214,9 @@ def collect(
     into `Collection.weighted`. Memory is O(features²) whatever the data size.
     """
     wanted = _check_collect(model, block, direction, positions, probes, weighting)
+    check_positive_int("max_inputs", max_inputs)
+    check_positive_int("max_pairs", max_pairs)
+    check_seed("seed", seed)
     run = step or _loss_step(loss)
     streams = _Streams(
         Reservoir(max_inputs, seed),
