@@ -23,7 +23,7 @@ from backlens.workflows.datasets import load_csv
 from backlens.workflows.mlp import parse_widths
 from backlens.workflows.model_io import load_model, save_model
 
-FAST, SLOW = 60, 1000  # CLI examples; the API tests draw 2.5 times as many
+FAST, SLOW = 50, 1000  # CLI examples; the API tests draw 2.5 times as many
 runner = CliRunner()
 ROWS = "".join(f"{i % 5},{(3 * i) % 7},{i % 2}\n" for i in range(30))
 CSVS = {

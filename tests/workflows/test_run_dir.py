@@ -142,7 +142,8 @@ def _demo_until_partial(out: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "partial_left"), [(signal.SIGINT, 130, False), (signal.SIGKILL, -9, True)]
+    ("sig", "code", "partial_left"),
+    [(signal.SIGINT, 130, False), pytest.param(signal.SIGKILL, -9, True, marks=pytest.mark.slow)],
 )
 def test_interrupted_demo_leaves_nothing_at_out(tmp_path: Path, sig, code, partial_left) -> None:
     out = tmp_path / "run"
