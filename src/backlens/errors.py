@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_seed",
+    "memory_for",
     "check_positive_real",
     "SEED_LIMIT",
 ]
@@ -158,6 +160,20 @@ def check_positive_int(argument: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(argument, "a positive integer", repr(value), "pass an int >= 1")
     return value
+
+
+@contextmanager
+def memory_for(argument: str, what: str) -> Iterator[None]:
+    """Turn torch's failure to allocate `what` (too large for this machine's memory, or beyond
+    its size arithmetic) into a BacklensError naming the argument that asked for it."""
+    try:
+        yield
+    except (RuntimeError, MemoryError, TypeError) as error:
+        text = str(error)
+        if not isinstance(error, MemoryError) and "allocate" not in text and "overflow" not in text.lower():
+            raise
+        got = text.splitlines()[0][:160]
+        raise fail(argument, f"sizes whose {what} fits in memory", got, "use smaller sizes") from None
 
 
 def check_seed(argument: str, value: Any) -> int:

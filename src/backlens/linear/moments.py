@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import check_choice, check_positive_int, describe, fail
+from ..errors import check_choice, check_positive_int, describe, fail, memory_for
 from ..tensorfile import load_tensors, save_tensors
 from .accumulate import Sums
 from .rows import as_rows
@@ -49,7 +49,8 @@ class Moments:
         self.d_in = check_positive_int("d_in", d_in)
         self.d_out = check_positive_int("d_out", d_out)
         self.yy_mode = check_choice("yy", yy, YY_MODES)
-        self._sums = Sums(d_in, d_out, yy == "full")
+        with memory_for("d_in, d_out", "float64 XᵀX and XᵀY"):
+            self._sums = Sums(d_in, d_out, yy == "full")
 
     # ---- accumulation -------------------------------------------------------------------
     def update(self, X: Any, Y: Any) -> Moments:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from ..errors import BacklensWarning, check_positive_int, describe, fail
 from .linear_map import LinearMap
 from .methods import REDUCED_RANK, RIDGE
 from .moments import Moments
+from .ridge_system import Eig, System, eigen, gcv_scores, held_out_sse, normal_system, unit_scaled
 
 __all__ = [
     "ridge",
@@ -27,18 +27,7 @@ __all__ = [
     "effective_samples_message",
 ]
 
-# Shape convention: row vectors, Y ≈ X·M + b with M (d_in, d_out). With intercept the system is
-# the centred one, A = Σ(x−μx)ᵀ(x−μx), B = Σ(x−μx)ᵀ(y−μy), b = μy − μx·M; without it, A = XᵀX,
-# B = XᵀY, b = 0. Ridge: M(α) = (A + αI)⁻¹B.
-#
-# Every α on a grid costs O(d) after ONE eigendecomposition A = V·diag(λ)·Vᵀ, Q = VᵀB:
-#   M(α)   = V·diag(1/(λ+α))·Q
-#   RSS(α) = RSS₀ + Σᵢ ‖qᵢ‖²·α²/(λᵢ(λᵢ+α)²)       RSS₀ = Σ‖y−cy‖² − Σᵢ ‖qᵢ‖²/λᵢ (the OLS residual)
-#   n − df(α) = (n − intercept − rank) + Σᵢ α/(λᵢ+α)
-#   GCV(α) = n·RSS(α) / (n − df(α))²                (Golub, Heath & Wahba 1979)
-# (sums over the numerically non-zero λᵢ). Written this way RSS and n − df are sums of positive
-# terms, so GCV stays accurate as α → 0 even when d ≥ n and the fit interpolates.
-
+# The system and its formulas: ridge_system.py.
 # α is relative to tr(A)/d, the mean eigenvalue: gradients on a well-fit model are tiny, so an
 # absolute α would be wrong by orders of magnitude.
 DEFAULT_GRID: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 20))
@@ -71,108 +60,6 @@ def _warn_effective_samples(m: Moments) -> None:
     n_eff = m.n_eff
     if n_eff is not None and n_eff < m.d_in:
         warnings.warn(effective_samples_message(m.n, n_eff, m.d_in), EffectiveSamplesWarning, stacklevel=4)
-
-
-@dataclass
-class _System:
-    A: torch.Tensor  # (d, d)
-    B: torch.Tensor  # (d, k)
-    yy: float  # Σ‖y − cy‖²
-    cx: torch.Tensor  # (d,) centre of x: μx with intercept, else 0
-    cy: torch.Tensor  # (k,)
-    n: int
-    intercept: bool
-    sx: float = 1.0  # the units the system is in: X/sx, Y/sy (see _unit_scaled)
-    sy: float = 1.0
-
-    @property
-    def scale(self) -> float:
-        """tr(A)/d, the mean eigenvalue (1 when A is zero, where every α gives M = 0)."""
-        value = float(torch.trace(self.A)) / self.A.shape[0]
-        return value if value > 0 else 1.0
-
-
-@dataclass
-class _Eig:
-    lam: torch.Tensor  # (d,) eigenvalues, clipped at 0
-    V: torch.Tensor  # (d, d)
-    Q: torch.Tensor  # (d, k) = VᵀB
-    pos: torch.Tensor  # (d,) bool: numerically non-zero eigenvalues
-
-    @property
-    def rank(self) -> int:
-        return int(self.pos.sum())
-
-
-def _system(m: Moments, intercept: bool) -> _System:
-    if intercept:
-        return _System(m.cxx, m.cxy, float(m.cyy_diag.sum()), m.mean_x, m.mean_y, m.n, True)
-    zeros_x, zeros_y = (
-        torch.zeros(m.d_in, dtype=torch.float64),
-        torch.zeros(m.d_out, dtype=torch.float64),
-    )
-    return _System(m.xx, m.xy, float(m.yy_diag.sum()), zeros_x, zeros_y, m.n, False)
-
-
-def _unit_scaled(s: _System) -> _System:
-    """The same system in units where tr(A)/d = 1 and Σ‖y − cy‖²/(n·k) = 1, so nothing below
-    depends on the data's units: eigenvalues, α², RSS and GCV stay near 1 for data at 1e-50 or
-    1e50 (unscaled, GCV's α²·‖q‖² overflows float64 from about 1e40 and underflows below 1e-45).
-    M and b are scaled back in _map; α in _fit."""
-    if not (bool(torch.isfinite(s.A).all()) and bool(torch.isfinite(s.B).all()) and np.isfinite(s.yy)):
-        raise fail(
-            "moments",
-            "sums of squares that fit in float64",
-            "Inf in XᵀX, XᵀY or YᵀY (the data's squares overflow)",
-            "rescale X and Y (e.g. divide by their largest magnitude) before Moments.update",
-        )
-    d, k = s.B.shape
-    xx, yy = float(torch.trace(s.A)) / d, s.yy / (max(s.n, 1) * k)
-    sx, sy = _power_of_two_near(np.sqrt(xx)), _power_of_two_near(np.sqrt(yy))
-    return _System(s.A / sx**2, s.B / (sx * sy), s.yy / sy**2, s.cx / sx, s.cy / sy, s.n, s.intercept, sx, sy)
-
-
-def _power_of_two_near(value: float) -> float:
-    """A power of two within a factor √2 of `value` (1 for 0): dividing by it is exact in
-    floating point, so a fit in these units rounds exactly as the same fit in unit data."""
-    return math.ldexp(1.0, round(math.log2(value))) if value > 0 else 1.0
-
-
-def _eig(s: _System) -> _Eig:
-    lam, V = torch.linalg.eigh(s.A)
-    top = float(lam.max().clamp_min(0))
-    tol = max(s.A.shape[0], s.n) * float(torch.finfo(torch.float64).eps) * top
-    return _Eig(lam.clamp_min(0), V, V.T @ s.B, lam > tol)
-
-
-def _gcv(s: _System, e: _Eig, alphas: np.ndarray) -> np.ndarray:
-    """GCV(α) for each α, exact from the moments (formulas at the top of the module)."""
-    lam = e.lam[e.pos].numpy()[None, :]
-    qn = (e.Q[e.pos] ** 2).sum(dim=1).numpy()[None, :]
-    a = alphas[:, None]
-    rss0 = max(s.yy - float((qn / lam).sum()), 0.0)
-    rss = rss0 + (qn * a**2 / (lam * (lam + a) ** 2)).sum(axis=1)
-    resdof = max(s.n - int(s.intercept) - e.rank, 0) + (a / (lam + a)).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scores = s.n * rss / resdof**2
-    return np.where(resdof > 1e-12 * s.n, scores, np.inf)
-
-
-def _held_out_sse(s: _System, e: _Eig, val: Moments, alphas: np.ndarray) -> np.ndarray:
-    """Σ‖y − x·M(α) − b(α)‖² over the held-out rows, for each α, exact from their moments.
-
-    With u = ν_x − cx, w = ν_y − cy (ν: held-out means), Sxx = Cxx' + n'uuᵀ, Sxy = Cxy' + n'uwᵀ,
-    syy = tr Cyy' + n'‖w‖²: SSE = syy − 2·tr(MᵀSxy) + tr(MᵀSxxM); in the eigenbasis this is
-    syy − 2·Σᵢ Dᵢ⟨qᵢ, pᵢ⟩ + DᵀHD with D = 1/(λ+α), P = VᵀSxy, H = (VᵀSxxV) ∘ (QQᵀ).
-    """
-    u, w = val.mean_x / s.sx - s.cx, val.mean_y / s.sy - s.cy  # in the system's units
-    sxx = val.cxx / s.sx**2 + val.n * torch.outer(u, u)
-    sxy = val.cxy / (s.sx * s.sy) + val.n * torch.outer(u, w)
-    syy = float(val.cyy_diag.sum()) / s.sy**2 + val.n * float(w @ w)
-    qp = (e.Q * (e.V.T @ sxy)).sum(dim=1).numpy()
-    H = ((e.V.T @ sxx @ e.V) * (e.Q @ e.Q.T)).numpy()
-    D = 1.0 / (e.lam.numpy()[None, :] + alphas[:, None])  # (grid, d)
-    return syy - 2.0 * D @ qp + np.einsum("gi,ij,gj->g", D, H, D)
 
 
 def _check_moments(argument: str, m: Any, least: int = 1) -> Moments:
@@ -223,10 +110,10 @@ class _AlphaChoice:
 
     alpha: float  # in the system's units (absolute α / sx²)
     info: dict[str, Any]
-    eig: _Eig | None
+    eig: Eig | None
 
 
-def _resolve_alpha(s: _System, alpha: Any, validation: Any, grid: Any) -> _AlphaChoice:
+def _resolve_alpha(s: System, alpha: Any, validation: Any, grid: Any) -> _AlphaChoice:
     """The one place α is decided: a number, 'gcv', or 'validation'."""
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         choice = _fixed_alpha(alpha, validation, grid)
@@ -252,11 +139,11 @@ def _fixed_alpha(alpha: numbers.Real, validation: Any, grid: Any) -> _AlphaChoic
     return _AlphaChoice(value, {"alpha_source": "fixed"}, None)
 
 
-def _alpha_on_grid(s: _System, rule: str, validation: Any, grid: Any) -> _AlphaChoice:
+def _alpha_on_grid(s: System, rule: str, validation: Any, grid: Any) -> _AlphaChoice:
     """The grid α with the least criterion under `rule` ('gcv' or 'validation')."""
     rel = _grid(grid)
     alphas = rel * s.scale
-    e = _eig(s)
+    e = eigen(s)
     scores = _criterion(s, e, rule, validation, alphas)
     best = _best_index(scores, rule, s.n)
     _warn_at_grid_edge(best, rel, rule)
@@ -270,7 +157,7 @@ def _alpha_on_grid(s: _System, rule: str, validation: Any, grid: Any) -> _AlphaC
     return _AlphaChoice(float(alphas[best]), info, e)
 
 
-def _criterion(s: _System, e: _Eig, rule: str, validation: Any, alphas: np.ndarray) -> np.ndarray:
+def _criterion(s: System, e: Eig, rule: str, validation: Any, alphas: np.ndarray) -> np.ndarray:
     """For each α: GCV(α) for 'gcv', the held-out SSE for 'validation'. Lower is better."""
     if rule == "gcv":
         if validation is not None:
@@ -280,11 +167,11 @@ def _criterion(s: _System, e: _Eig, rule: str, validation: Any, alphas: np.ndarr
                 describe(validation),
                 "use alpha='validation'",
             )
-        return _gcv(s, e, alphas)
-    return _held_out_sse(s, e, _check_validation(s, validation), alphas)
+        return gcv_scores(s, e, alphas)
+    return held_out_sse(s, e, _check_validation(s, validation), alphas)
 
 
-def _check_validation(s: _System, validation: Any) -> Moments:
+def _check_validation(s: System, validation: Any) -> Moments:
     """`validation` if it is non-empty Moments of the same shapes as the fitting ones."""
     val = _check_moments("validation", validation)
     if (val.d_in, val.d_out) != (s.A.shape[0], s.B.shape[1]):
@@ -321,7 +208,7 @@ def _warn_at_grid_edge(best: int, rel: np.ndarray, rule: str) -> None:
         )
 
 
-def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
+def _solve(s: System, alpha: float, e: Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
     """M = (A + αI)⁻¹B in the system's units: by Cholesky for a fixed α, from the
     eigendecomposition when there is one."""
     d, k = s.B.shape
@@ -336,7 +223,7 @@ def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict
             cond = 1.0 / rcond if rcond > 0 else float("inf")
             info = {"condition": cond, "rank": min(d, k), "solver": "cholesky"}
             return torch.cholesky_solve(s.B, L), info
-        e = _eig(s)
+        e = eigen(s)
         warnings.warn(
             f"XᵀX + αI is singular at alpha={alpha * s.sx**2:g} (n={s.n}, d={d}); returning the minimum-norm "
             "solution from its eigendecomposition. Use alpha='gcv' or a larger alpha for a "
@@ -355,11 +242,11 @@ def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict
 
 def _fit(
     moments: Any, alpha: Any, intercept: Any, validation: Any, grid: Any
-) -> tuple[_System, torch.Tensor, float, dict[str, Any]]:
+) -> tuple[System, torch.Tensor, float, dict[str, Any]]:
     m = _check_moments("moments", moments)
     if not isinstance(intercept, bool):
         raise fail("intercept", "True or False", repr(intercept), "pass a bool")
-    s = _unit_scaled(_system(m, intercept))
+    s = unit_scaled(normal_system(m, intercept))
     _warn_effective_samples(m)
     choice = _resolve_alpha(s, alpha, validation, grid)
     alpha_value, info = choice.alpha, choice.info
@@ -379,7 +266,7 @@ def _fit(
     return s, M, alpha_value, info
 
 
-def _map(s: _System, M: torch.Tensor, method: str, info: dict[str, Any]) -> LinearMap:
+def _map(s: System, M: torch.Tensor, method: str, info: dict[str, Any]) -> LinearMap:
     """The map in the data's units, from M in the system's (X/sx, Y/sy)."""
     bias = (s.cy - s.cx @ M) * s.sy  # zero without intercept
     return LinearMap(M * (s.sy / s.sx), bias, method, info)

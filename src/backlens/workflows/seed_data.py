@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import check_positive_int, check_seed, fail
+from ..errors import check_positive_int, check_seed, fail, memory_for
 from .loaders import tensor_loader
 
 __all__ = ["seed_regression", "seed_loader", "seed_target"]
@@ -22,7 +22,8 @@ def seed_regression(
     """The notebook's data: x = randint(-10, 10, (n, 3)) as floats, y of shape (n,)."""
     check_positive_int("n", n)
     generator = torch.Generator().manual_seed(_check_seed(seed))
-    x = torch.randint(-10, 10, (n, 3), generator=generator).to(dtype)
+    with memory_for("n", "data"):
+        x = torch.randint(-10, 10, (n, 3), generator=generator).to(dtype)
     return x, seed_target(x)
 
 
