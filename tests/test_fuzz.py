@@ -108,13 +108,16 @@ def argv(draw: st.DrawFn) -> tuple[str, list[str], bool]:
     chosen = draw(st.lists(st.sampled_from(sorted(flags)), min_size=1, max_size=4, unique=True))
     bad_ones = [f for f in chosen if flags[f][1]]
     must_be_bad = draw(st.sampled_from(bad_ones)) if command in HEAVY and bad_ones else None
-    args, any_bad = [], False
+    args, any_bad, bad_values = [], False, []
     for flag in chosen:
         good, bad = flags[flag]
         pick_bad = flag == must_be_bad or not good or draw(st.booleans())
-        args += [flag, draw(st.sampled_from(bad if pick_bad else good))]
+        value = draw(st.sampled_from(bad if pick_bad else good))
+        args += [flag, value]
+        bad_values += [value] if pick_bad else []
         any_bad |= pick_bad
-    if draw(st.booleans()):
+    refused_only_for_the_earlier_run = command in HEAVY and bad_values == ["{run}"]
+    if draw(st.booleans()) and not refused_only_for_the_earlier_run:  # --overwrite makes {run} valid
         args.append("--overwrite")
     return command, args, any_bad or command in HEAVY
 

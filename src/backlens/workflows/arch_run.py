@@ -55,6 +55,10 @@ def zoo_block(model: nn.Module, path: str) -> Block:
     start, colon, end = path.partition(":")
     if colon:
         return Block(model, start, end)
+    names = [name for name, _ in model.named_modules()]
+    if start not in names:
+        shown = ", ".join(n for n in names[1:9] if n)
+        raise fail("blocks", f"module paths of the model (e.g. {shown})", repr(start), "pick one of those")
     module = model.get_submodule(start) if start else model
     return Block(model, start, output=0 if isinstance(module, nn.RNNBase) else None)
 
@@ -159,6 +163,7 @@ def _validate(options: ArchOptions) -> None:
     parse_methods(options.methods)
     if options.model is None:
         check_choice("arch", options.arch, list(ARCHITECTURES))
+        _blocks(options, ARCHITECTURES[options.arch].build(seed=options.seed))  # untrained: same paths
 
 
 def _arch_run(options: ArchOptions, console: Console) -> dict[str, Any]:
