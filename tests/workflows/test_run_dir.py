@@ -40,6 +40,8 @@ BAD_RUN_DIRS = [
     (lambda t: earlier_run(t), False, "holding an earlier run"),
     (lambda t: "", False, "a directory path"),
     (lambda t: 3, False, "a directory path"),
+    (lambda t: a_file(t) and t, True, "holds other files"),  # overwrite replaces only a run
+    (lambda t: ".", True, "outside the current one"),
 ]
 
 

@@ -48,8 +48,9 @@ def _existing_ancestor(argument: str, path: Path) -> Path:
 
 
 def check_run_dir(out: str | os.PathLike[str] | None, overwrite: bool) -> Path | None:
-    """The run directory: new, or an empty directory, or any directory with overwrite=True, under
-    a writable directory. Checked before any work, so a run never ends by failing to write."""
+    """The run directory: new, or an empty directory, or with overwrite=True one holding an
+    earlier run (never the current directory or one above it), under a writable directory.
+    Checked before any work, so a run never ends by failing to write."""
     if out is None:
         return None
     if not isinstance(out, (str, os.PathLike)) or str(out) == "":
@@ -63,6 +64,16 @@ def check_run_dir(out: str | os.PathLike[str] | None, overwrite: bool) -> Path |
             "an empty or new directory",
             f"{path} holding an earlier run",
             "pick another directory or pass overwrite=True (--overwrite)",
+        )
+    if path.exists() and Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise fail("out", "a directory outside the current one", str(path), "pick another directory")
+    if path.exists() and any(path.iterdir()) and not (path / "results.json").is_file():
+        # overwrite replaces the directory whole: only ever one that holds a run
+        raise fail(
+            "out",
+            "a new directory, or one holding an earlier run (its results.json) to replace",
+            f"{path}, which holds other files",
+            "pick another directory",
         )
     _existing_ancestor("out", path)
     return path
