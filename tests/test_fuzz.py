@@ -64,6 +64,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
 # Values per kind: (good, bad). A heavy command always gets at least one bad value, so it must
 # stop at validation with exit 2; a light one (trace, check) may also run and succeed.
 INTS = (["0", "1", "3"], ["-1", str(2**40), "1.5", "abc", "", "nan"])
+# epochs and batch sizes: any positive int is the user's call (2**40 epochs is valid, and long)
+COUNTS = (["1", "3"], ["-1", "0", "1.5", "abc", "", "nan"])
 FLOATS = (["0.3", "0.01"], ["nan", "inf", "-0.1", "0", "1.5", "abc", ""])
 LAYERS = (["3,4,1", "3,2,2,1"], ["3,,1", "", "a,b", "0,1", "-3,2", "3,", "3"])
 ACTS = (["relu", "tanh"], ["nope", "", "ReLU "])
@@ -76,15 +78,15 @@ CHOICES = {"direction": (["both"], ["sideways", ""]), "loss": (["mse"], ["nope",
 
 HEAVY = {
     "abstract": {
-        "--data": DATA, "--layers": LAYERS, "--activation": ACTS, "--epochs": INTS, "--seed": INTS,
+        "--data": DATA, "--layers": LAYERS, "--activation": ACTS, "--epochs": COUNTS, "--seed": INTS,
         "--test-size": FLOATS, "--out": PATHS, "--model": MODELS, "--methods": METHODS,
         "--blocks": BLOCKS, "--direction": CHOICES["direction"], "--repeat": INTS, "--loss": CHOICES["loss"],
     },
     "train": {
-        "--data": DATA, "--layers": LAYERS, "--activation": ACTS, "--epochs": INTS, "--seed": INTS,
-        "--seeds": INTS, "--lr": FLOATS, "--batch-size": INTS, "--out": PATHS, "--backward": METHODS,
+        "--data": DATA, "--layers": LAYERS, "--activation": ACTS, "--epochs": COUNTS, "--seed": INTS,
+        "--seeds": INTS, "--lr": FLOATS, "--batch-size": COUNTS, "--out": PATHS, "--backward": METHODS,
     },
-    "linearity": {"--epochs": INTS, "--seed": INTS, "--out": PATHS, "--blocks": BLOCKS, "--arch": ACTS},
+    "linearity": {"--epochs": COUNTS, "--seed": INTS, "--out": PATHS, "--blocks": BLOCKS, "--arch": ACTS},
     "demo": {"--seed": INTS, "--out": PATHS},
 }  # fmt: skip
 LIGHT = {

@@ -76,6 +76,12 @@ CLI_REFUSALS: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "finite weights",
     ),
     ("--blocks not in the model", lambda t: [*TINY_ABSTRACT, "--blocks", "0:9"], "a module path"),
+    ("train --seeds beyond the seed range", lambda t: ["train", "--seeds", str(2**40)], "--seeds"),
+    (
+        "abstract --repeat beyond the seed range",
+        lambda t: [*TINY_ABSTRACT, "--repeat", str(2**40)],
+        "--repeat",
+    ),
     ("--test-size out of range", lambda t: [*TINY_ABSTRACT, "--test-size", "1.5"], "--test-size"),
 ]
 

@@ -20,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_seed",
+    "check_seed_range",
     "memory_for",
     "check_positive_real",
     "SEED_LIMIT",
@@ -181,6 +182,15 @@ def check_seed(argument: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
         raise fail(argument, "an int seed in [0, 2**31)", repr(value), "pass e.g. seed=0")
     return value
+
+
+def check_seed_range(argument: str, seed: int, count: int) -> int:
+    """`count` if seeds seed..seed+count-1 all stay below SEED_LIMIT (one run per seed), else raise."""
+    if seed + count > SEED_LIMIT:
+        raise fail(
+            argument, f"at most {SEED_LIMIT - seed} runs from seed {seed}", repr(count), "ask for fewer"
+        )
+    return count
 
 
 def check_positive_real(argument: str, value: Any, fix: str) -> float:

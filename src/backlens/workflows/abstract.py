@@ -18,7 +18,7 @@ from ..blocks.block import Block
 from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import Fits, compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, PROBES, fit_method, parse_methods
-from ..errors import check_choice, check_positive_int, check_positive_real, check_seed, fail
+from ..errors import check_choice, check_positive_int, check_positive_real, check_seed, check_seed_range, fail
 from ..linear import methods as names
 from ..linear.ridge import EffectiveSamplesWarning
 from ..linear.scores import score
@@ -278,6 +278,7 @@ def validate(options: AbstractOptions) -> None:
     check_positive_int("epochs", options.epochs)
     check_positive_int("batch_size", options.batch_size)
     check_seed("seed", options.seed)
+    check_seed_range("repeat", options.seed, options.repeat)
     check_positive_real("lr", options.lr, "pass a learning rate such as 1e-3")
     size = options.test_size
     if isinstance(size, bool) or not isinstance(size, float | int) or not 0 < size < 1:

@@ -26,7 +26,7 @@ from torch import nn
 from ..blocks.linear_backward import BACKWARD_METHODS, linear_backward
 from ..blocks.shadow import Shadow
 from ..byhand.losses import get_loss, torch_loss
-from ..errors import BacklensError, check_choice, check_positive_int, check_seed, fail
+from ..errors import BacklensError, check_choice, check_positive_int, check_seed, check_seed_range, fail
 from .datasets import Dataset
 from .mlp import ACTIVATIONS, build_mlp, parse_widths
 from .mnist import load_mnist, load_named
@@ -135,6 +135,7 @@ def prepare(options: TrainOptions) -> Prepared:
     if options.threads is not None:
         check_positive_int("threads", options.threads)
     check_seed("seed", options.seed)
+    check_seed_range("seeds", options.seed, options.seeds)
     _check_lr(options.lr)
     check_choice("activation", options.activation, list(ACTIVATIONS))
     check_run_dir(options.out, options.overwrite)
