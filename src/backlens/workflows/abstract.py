@@ -18,6 +18,7 @@ from ..blocks.block import Block
 from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import Fits, compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, PROBES, fit_method, parse_methods
+from ..byhand.losses import LOSS_NAMES
 from ..errors import check_choice, check_positive_int, check_positive_real, check_seed, check_seed_range, fail
 from ..linear import methods as names
 from ..linear.ridge import EffectiveSamplesWarning
@@ -119,7 +120,7 @@ def sample_size_curve(
 
 def _task_loss(options: AbstractOptions, data: Dataset) -> str:
     """The loss: the task's own (class indices need ce, real-valued targets mse)."""
-    loss = options.loss or default_loss(data)
+    loss = default_loss(data) if options.loss is None else options.loss
     if loss != default_loss(data):
         raise fail(
             "loss",
@@ -284,6 +285,8 @@ def validate(options: AbstractOptions) -> None:
     if isinstance(size, bool) or not isinstance(size, float | int) or not 0 < size < 1:
         raise fail("test_size", "a fraction between 0 and 1", repr(options.test_size), "use e.g. 0.3")
     check_choice("direction", options.direction, list(DIRECTIONS))
+    if options.loss is not None:  # None: the task's own; "" is not a loss
+        check_choice("loss", options.loss, list(LOSS_NAMES))
     parse_methods(options.methods)
     if options.model is not None:
         defaults = AbstractOptions()

@@ -17,6 +17,7 @@ from ..blocks.block import Block
 from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, parse_methods
+from ..byhand.losses import LOSS_NAMES
 from ..errors import BacklensError, check_choice, check_positive_int, check_seed, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
@@ -160,6 +161,8 @@ def _validate(options: ArchOptions) -> None:
     if options.epochs is not None:
         check_positive_int("epochs", options.epochs)
     check_choice("direction", options.direction, list(DIRECTIONS))
+    if options.loss is not None:
+        check_choice("loss", options.loss, list(LOSS_NAMES))
     parse_methods(options.methods)
     if options.model is None:
         check_choice("arch", options.arch, list(ARCHITECTURES))
@@ -200,7 +203,7 @@ def _user_run(options: ArchOptions) -> dict[str, Any]:
             str(error).splitlines()[0],
             "pass --data that fits the model",
         ) from None
-    loss = options.loss or default_loss(data)
+    loss = default_loss(data) if options.loss is None else options.loss
     split = split_dataset(data, seed=options.seed)
     metric = {
         "train": task_metric(model, split.train, loss),
