@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/backlens demo --out results/demo
+	$(BIN)/backlens demo --out results/demo --overwrite
 
 # The suite without the `slow` tests (minutes, not tens of minutes); test-all runs them too.
 test: $(STAMP)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,7 +19,16 @@ __all__ = [
     "check_device",
     "check_choice",
     "check_positive_int",
+    "check_seed",
+    "check_seed_range",
+    "memory_for",
+    "check_positive_real",
+    "SEED_LIMIT",
 ]
+
+# Seeds are ints in [0, 2**31): torch takes them up to 2**64, numpy and scikit-learn below
+# 2**32, and backlens adds offsets (seed + k for repeats, + 7919 for probes) that must stay valid.
+SEED_LIMIT = 2**31
 
 
 class BacklensError(ValueError):
@@ -151,3 +161,48 @@ def check_positive_int(argument: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(argument, "a positive integer", repr(value), "pass an int >= 1")
     return value
+
+
+@contextmanager
+def memory_for(argument: str, what: str) -> Iterator[None]:
+    """Turn torch's failure to allocate `what` (too large for this machine's memory, or beyond
+    its size arithmetic) into a BacklensError naming the argument that asked for it."""
+    try:
+        yield
+    except (RuntimeError, MemoryError, TypeError) as error:
+        text = str(error)
+        if not isinstance(error, MemoryError) and "allocate" not in text and "overflow" not in text.lower():
+            raise
+        got = text.splitlines()[0][:160]
+        raise fail(argument, f"sizes whose {what} fits in memory", got, "use smaller sizes") from None
+
+
+def check_seed(argument: str, value: Any) -> int:
+    """Return `value` if it is an int seed in [0, SEED_LIMIT), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise fail(argument, "an int seed in [0, 2**31)", repr(value), "pass e.g. seed=0")
+    return value
+
+
+def check_seed_range(argument: str, seed: int, count: int) -> int:
+    """`count` if seeds seed..seed+count-1 all stay below SEED_LIMIT (one run per seed), else raise."""
+    if seed + count > SEED_LIMIT:
+        raise fail(
+            argument, f"at most {SEED_LIMIT - seed} runs from seed {seed}", repr(count), "ask for fewer"
+        )
+    return count
+
+
+def check_positive_real(argument: str, value: Any, fix: str) -> float:
+    """Return `value` as a float if it is a finite real number > 0, else raise."""
+    import math
+    import numbers
+
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise fail(argument, "a finite number > 0", repr(value), fix)
+    return float(value)

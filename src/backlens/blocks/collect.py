@@ -24,7 +24,7 @@ from rich.progress import Progress
 from torch import nn
 
 from ..byhand.losses import torch_loss
-from ..errors import check_choice, check_module, check_positive_int, fail
+from ..errors import check_choice, check_module, check_positive_int, check_seed, fail
 from ..linear.distributed import world
 from ..linear.moments import Moments
 from .batch_pass import Step, crossing_of
@@ -199,6 +199,9 @@ def collect(
     then checkpoints to its own file, PATH with `.rank<r>-of-<world>` before the suffix.
     """
     wanted = _check_collect(model, block, direction, positions, probes, weighting)
+    check_positive_int("max_inputs", max_inputs)
+    check_positive_int("max_pairs", max_pairs)
+    check_seed("seed", seed)
     placed = world() if distributed is not False else None
     named = {"loss": loss, "step": step}
     settings = {

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ..errors import fail
+from ..errors import check_positive_real, fail
 from ..recording.tracing import trace
 from .chain import Chain
 from .engine import Tape, prepare, run_chain
@@ -157,6 +157,8 @@ def check(
     Oracles run on hook-free copies with every parameter requiring grad, so the model's
     parameters, .grad and hooks stay as they were. rtol overrides the dtype's tolerance.
     """
+    if rtol is not None:
+        check_positive_real("rtol", rtol, "pass a relative tolerance such as 1e-6, or None for the dtype's")
     chain, x, target, rule = prepare(model, x, y, loss, reduction)
     tape = run_chain(chain, x, target, rule)
     tol = tolerance(x.dtype) if rtol is None else float(rtol)

@@ -53,6 +53,7 @@ FLAGS = {
     "weights": "--weights",
     "checkpoint_every": "--checkpoint-every",
     "resume": "--resume",
+    "run_dir": "DIR",  # backlens report DIR
 }
 
 
@@ -61,8 +62,13 @@ def flag_for(argument: str) -> str:
     return FLAGS.get(argument, argument)
 
 
+# Exit codes: 2 bad input (a BacklensError), 3 a bug in backlens, 130 interrupted (as shells count Ctrl-C).
+EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Call fn; print a BacklensError as one clear line, naming the flag, and exit 2.
+    """Call fn; print a BacklensError as one clear line, naming the flag, and exit 2; anything
+    else is a bug in backlens: one line saying so, the traceback, exit 3.
 
     backlens' own warnings are printed once each as a plain line, without a source path.
     """
@@ -84,7 +90,19 @@ def run_or_exit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         console.print(f"[red]error:[/red] {escape(error.render(flag_for(error.argument)))}")
         if isinstance(error, UserModelError) and error.__cause__ is not None:
             traceback.print_exception(error.__cause__)  # the user's own code failed: show where
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[red]interrupted:[/red] nothing was written at --out (a run is written whole or not at all)"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as error:  # not a BacklensError: backlens failed to check something first
+        console.print(
+            f"[red]error: this is a bug in backlens[/red] ({type(error).__name__}: "
+            f"{escape(str(error)[:200])}); please report it with the traceback below"
+        )
+        traceback.print_exception(error)
+        raise typer.Exit(EXIT_BUG) from None
     finally:
         warnings.showwarning = original
 

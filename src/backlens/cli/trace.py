@@ -10,11 +10,12 @@ import typer
 from rich.console import Console
 from torch import nn
 
-from ..errors import check_choice, check_positive_int, fail
+from ..errors import check_choice, check_positive_int, check_seed, fail
 from ..recording.record import Trace
 from ..recording.tracing import trace
 from ..workflows.datasets import load_dataset
 from ..workflows.mlp import ACTIVATIONS, build_mlp, parse_widths
+from ..workflows.run_dir import check_output_file
 from .main import app, console, run_or_exit
 
 __all__ = ["trace_step"]
@@ -32,11 +33,15 @@ def trace_step(
     save: str | Path | None = None,
     show: bool = False,
     console: Console | None = None,
+    overwrite: bool = False,
 ) -> Trace:
     """Trace forward and backward of one SGD step on the first shuffled batch; print the record."""
     check_choice("--data", data, list(DATA))
     check_choice("--activation", activation, list(ACTIVATIONS))
     check_positive_int("--batch-size", batch_size)
+    check_seed("--seed", seed)
+    if save is not None:  # before any work: the record is written last
+        check_output_file("--save", save, overwrite)
     dataset = load_dataset(data, seed=seed)
     widths = parse_widths(layers or DEFAULT_LAYERS[data])
     dataset.check_widths(widths)
@@ -83,6 +88,7 @@ def trace_command(
         Path | None, typer.Option(help="Write every recorded tensor to this .safetensors file.")
     ] = None,
     show: Annotated[bool, typer.Option(help="Also print every recorded tensor in full.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --save file.")] = False,
 ) -> None:
     """Print the record of one training step: input, output, grad_input, grad_output per module."""
     run_or_exit(
@@ -95,4 +101,5 @@ def trace_command(
         save=save,
         show=show,
         console=console,
+        overwrite=overwrite,
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import check_choice, check_positive_int, describe, fail
+from ..errors import check_choice, check_positive_int, describe, fail, memory_for
 from ..tensorfile import load_tensors, save_tensors
 from .accumulate import Sums
 from .rows import as_rows
@@ -49,7 +49,8 @@ class Moments:
         self.d_in = check_positive_int("d_in", d_in)
         self.d_out = check_positive_int("d_out", d_out)
         self.yy_mode = check_choice("yy", yy, YY_MODES)
-        self._sums = Sums(d_in, d_out, yy == "full")
+        with memory_for("d_in, d_out", "float64 XᵀX and XᵀY"):
+            self._sums = Sums(d_in, d_out, yy == "full")
 
     # ---- accumulation -------------------------------------------------------------------
     def update(self, X: Any, Y: Any) -> Moments:
@@ -273,26 +274,13 @@ class Moments:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Moments:
-        """Read a file written by Moments.save; anything else raises BacklensError."""
-        tensors, meta = load_tensors(path, KIND)
+        """Read a file written by Moments.save; anything else raises BacklensError. The header,
+        metadata and every tensor's shape are checked before anything sized by the file is read."""
+        tensors, meta = load_tensors(path, KIND, _file_shapes)
         try:
             d_in, d_out, yy = int(meta["d_in"]), int(meta["d_out"]), str(meta["yy"])
-            out = cls(d_in, d_out, yy=yy)
-            shapes = {
-                "n": (1,),
-                "mean_x": (d_in,),
-                "mean_y": (d_out,),
-                "cxx": (d_in, d_in),
-                "cxy": (d_in, d_out),
-                "cyy_diag": (d_out,),
-            }
-            if yy == "full":
-                shapes["cyy"] = (d_out, d_out)
-            for name, shape in shapes.items():
-                if tuple(tensors[name].shape) != shape:
-                    raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, not {shape}")
             n = int(tensors["n"][0])
-            stats = {k: tensors[k].to(torch.float64) for k in shapes if k != "n"}
+            stats = {k: tensors[k].to(torch.float64) for k in _file_shapes(meta) if k != "n"}
             if n < 0 or not all(bool(torch.isfinite(t).all()) for t in stats.values()):
                 raise ValueError("negative n or non-finite statistics")
             norms = None  # a file from before the effective sample size was kept: n_eff unknown
@@ -309,6 +297,7 @@ class Moments:
                 f"{path}: {err}",
                 "rewrite it with Moments.save",
             ) from None
+        out = cls(d_in, d_out, yy=yy)
         out._set_centred(n, stats)
         out._sums.norms = norms
         return out
@@ -324,3 +313,23 @@ class Moments:
         return (
             f"Moments(d_in={self.d_in}, d_out={self.d_out}, n={self._n}, n_eff={shown}, yy={self.yy_mode!r})"
         )
+
+
+def _file_shapes(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor a Moments file must hold, from its metadata (checked first)."""
+    d_in, d_out, yy = meta["d_in"], meta["d_out"], meta["yy"]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in (d_in, d_out)):
+        raise ValueError(f"d_in={d_in!r}, d_out={d_out!r}: not positive ints")
+    if yy not in YY_MODES:
+        raise ValueError(f"yy={yy!r}: not one of {YY_MODES}")
+    shapes = {
+        "n": (1,),
+        "mean_x": (d_in,),
+        "mean_y": (d_out,),
+        "cxx": (d_in, d_in),
+        "cxy": (d_in, d_out),
+        "cyy_diag": (d_out,),
+    }
+    if yy == "full":
+        shapes["cyy"] = (d_out, d_out)
+    return shapes

@@ -15,6 +15,7 @@ from ..errors import BacklensWarning, check_positive_int, describe, fail
 from .linear_map import LinearMap
 from .methods import REDUCED_RANK, RIDGE
 from .moments import Moments
+from .ridge_system import Eig, System, eigen, gcv_scores, held_out_sse, normal_system, unit_scaled
 
 __all__ = [
     "ridge",
@@ -26,18 +27,7 @@ __all__ = [
     "effective_samples_message",
 ]
 
-# Shape convention: row vectors, Y ≈ X·M + b with M (d_in, d_out). With intercept the system is
-# the centred one, A = Σ(x−μx)ᵀ(x−μx), B = Σ(x−μx)ᵀ(y−μy), b = μy − μx·M; without it, A = XᵀX,
-# B = XᵀY, b = 0. Ridge: M(α) = (A + αI)⁻¹B.
-#
-# Every α on a grid costs O(d) after ONE eigendecomposition A = V·diag(λ)·Vᵀ, Q = VᵀB:
-#   M(α)   = V·diag(1/(λ+α))·Q
-#   RSS(α) = RSS₀ + Σᵢ ‖qᵢ‖²·α²/(λᵢ(λᵢ+α)²)       RSS₀ = Σ‖y−cy‖² − Σᵢ ‖qᵢ‖²/λᵢ (the OLS residual)
-#   n − df(α) = (n − intercept − rank) + Σᵢ α/(λᵢ+α)
-#   GCV(α) = n·RSS(α) / (n − df(α))²                (Golub, Heath & Wahba 1979)
-# (sums over the numerically non-zero λᵢ). Written this way RSS and n − df are sums of positive
-# terms, so GCV stays accurate as α → 0 even when d ≥ n and the fit interpolates.
-
+# The system and its formulas: ridge_system.py.
 # α is relative to tr(A)/d, the mean eigenvalue: gradients on a well-fit model are tiny, so an
 # absolute α would be wrong by orders of magnitude.
 DEFAULT_GRID: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 20))
@@ -72,82 +62,6 @@ def _warn_effective_samples(m: Moments) -> None:
         warnings.warn(effective_samples_message(m.n, n_eff, m.d_in), EffectiveSamplesWarning, stacklevel=4)
 
 
-@dataclass
-class _System:
-    A: torch.Tensor  # (d, d)
-    B: torch.Tensor  # (d, k)
-    yy: float  # Σ‖y − cy‖²
-    cx: torch.Tensor  # (d,) centre of x: μx with intercept, else 0
-    cy: torch.Tensor  # (k,)
-    n: int
-    intercept: bool
-
-    @property
-    def scale(self) -> float:
-        """tr(A)/d, the mean eigenvalue (1 when A is zero, where every α gives M = 0)."""
-        value = float(torch.trace(self.A)) / self.A.shape[0]
-        return value if value > 0 else 1.0
-
-
-@dataclass
-class _Eig:
-    lam: torch.Tensor  # (d,) eigenvalues, clipped at 0
-    V: torch.Tensor  # (d, d)
-    Q: torch.Tensor  # (d, k) = VᵀB
-    pos: torch.Tensor  # (d,) bool: numerically non-zero eigenvalues
-
-    @property
-    def rank(self) -> int:
-        return int(self.pos.sum())
-
-
-def _system(m: Moments, intercept: bool) -> _System:
-    if intercept:
-        return _System(m.cxx, m.cxy, float(m.cyy_diag.sum()), m.mean_x, m.mean_y, m.n, True)
-    zeros_x, zeros_y = (
-        torch.zeros(m.d_in, dtype=torch.float64),
-        torch.zeros(m.d_out, dtype=torch.float64),
-    )
-    return _System(m.xx, m.xy, float(m.yy_diag.sum()), zeros_x, zeros_y, m.n, False)
-
-
-def _eig(s: _System) -> _Eig:
-    lam, V = torch.linalg.eigh(s.A)
-    top = float(lam.max().clamp_min(0))
-    tol = max(s.A.shape[0], s.n) * float(torch.finfo(torch.float64).eps) * top
-    return _Eig(lam.clamp_min(0), V, V.T @ s.B, lam > tol)
-
-
-def _gcv(s: _System, e: _Eig, alphas: np.ndarray) -> np.ndarray:
-    """GCV(α) for each α, exact from the moments (formulas at the top of the module)."""
-    lam = e.lam[e.pos].numpy()[None, :]
-    qn = (e.Q[e.pos] ** 2).sum(dim=1).numpy()[None, :]
-    a = alphas[:, None]
-    rss0 = max(s.yy - float((qn / lam).sum()), 0.0)
-    rss = rss0 + (qn * a**2 / (lam * (lam + a) ** 2)).sum(axis=1)
-    resdof = max(s.n - int(s.intercept) - e.rank, 0) + (a / (lam + a)).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scores = s.n * rss / resdof**2
-    return np.where(resdof > 1e-12 * s.n, scores, np.inf)
-
-
-def _held_out_sse(s: _System, e: _Eig, val: Moments, alphas: np.ndarray) -> np.ndarray:
-    """Σ‖y − x·M(α) − b(α)‖² over the held-out rows, for each α, exact from their moments.
-
-    With u = ν_x − cx, w = ν_y − cy (ν: held-out means), Sxx = Cxx' + n'uuᵀ, Sxy = Cxy' + n'uwᵀ,
-    syy = tr Cyy' + n'‖w‖²: SSE = syy − 2·tr(MᵀSxy) + tr(MᵀSxxM); in the eigenbasis this is
-    syy − 2·Σᵢ Dᵢ⟨qᵢ, pᵢ⟩ + DᵀHD with D = 1/(λ+α), P = VᵀSxy, H = (VᵀSxxV) ∘ (QQᵀ).
-    """
-    u, w = val.mean_x - s.cx, val.mean_y - s.cy
-    sxx = val.cxx + val.n * torch.outer(u, u)
-    sxy = val.cxy + val.n * torch.outer(u, w)
-    syy = float(val.cyy_diag.sum()) + val.n * float(w @ w)
-    qp = (e.Q * (e.V.T @ sxy)).sum(dim=1).numpy()
-    H = ((e.V.T @ sxx @ e.V) * (e.Q @ e.Q.T)).numpy()
-    D = 1.0 / (e.lam.numpy()[None, :] + alphas[:, None])  # (grid, d)
-    return syy - 2.0 * D @ qp + np.einsum("gi,ij,gj->g", D, H, D)
-
-
 def _check_moments(argument: str, m: Any, least: int = 1) -> Moments:
     if not isinstance(m, Moments):
         raise fail(
@@ -167,8 +81,16 @@ def _check_moments(argument: str, m: Any, least: int = 1) -> Moments:
 
 
 def _grid(grid: Any) -> np.ndarray:
-    values = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64).ravel()
-    if values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
+    try:
+        values = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.array([np.nan])  # strings, None inside, ragged lists: refused below
+    if (
+        isinstance(grid, (str, bytes))
+        or values.size == 0
+        or not np.isfinite(values).all()
+        or (values <= 0).any()
+    ):
         raise fail(
             "grid",
             "a non-empty sequence of positive finite numbers (relative to tr(XᵀX)/d)",
@@ -186,15 +108,17 @@ class _AlphaChoice:
     """The α to solve with, how it was chosen (for LinearMap.info), and the eigendecomposition
     that choosing it needed (None for a fixed α), so the solve can reuse it."""
 
-    alpha: float
+    alpha: float  # in the system's units (absolute α / sx²)
     info: dict[str, Any]
-    eig: _Eig | None
+    eig: Eig | None
 
 
-def _resolve_alpha(s: _System, alpha: Any, validation: Any, grid: Any) -> _AlphaChoice:
+def _resolve_alpha(s: System, alpha: Any, validation: Any, grid: Any) -> _AlphaChoice:
     """The one place α is decided: a number, 'gcv', or 'validation'."""
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
-        return _fixed_alpha(alpha, validation, grid)
+        choice = _fixed_alpha(alpha, validation, grid)
+        choice.alpha /= s.sx**2
+        return choice
     if alpha not in ALPHA_RULES:
         raise fail("alpha", ALPHA_EXPECTED, repr(alpha), "pass one of those")
     return _alpha_on_grid(s, alpha, validation, grid)
@@ -215,24 +139,25 @@ def _fixed_alpha(alpha: numbers.Real, validation: Any, grid: Any) -> _AlphaChoic
     return _AlphaChoice(value, {"alpha_source": "fixed"}, None)
 
 
-def _alpha_on_grid(s: _System, rule: str, validation: Any, grid: Any) -> _AlphaChoice:
+def _alpha_on_grid(s: System, rule: str, validation: Any, grid: Any) -> _AlphaChoice:
     """The grid α with the least criterion under `rule` ('gcv' or 'validation')."""
     rel = _grid(grid)
     alphas = rel * s.scale
-    e = _eig(s)
+    e = eigen(s)
     scores = _criterion(s, e, rule, validation, alphas)
     best = _best_index(scores, rule, s.n)
     _warn_at_grid_edge(best, rel, rule)
     info = {
         "alpha_source": rule,
-        "grid": alphas.tolist(),
+        "grid": (alphas * s.sx**2).tolist(),
         "grid_relative": rel.tolist(),
-        "criterion": [float(v) if np.isfinite(v) else None for v in scores],
+        # GCV and the held-out SSE are sums of squares of Y: back in the data's units
+        "criterion": [float(v) * s.sy**2 if np.isfinite(v) else None for v in scores],
     }
     return _AlphaChoice(float(alphas[best]), info, e)
 
 
-def _criterion(s: _System, e: _Eig, rule: str, validation: Any, alphas: np.ndarray) -> np.ndarray:
+def _criterion(s: System, e: Eig, rule: str, validation: Any, alphas: np.ndarray) -> np.ndarray:
     """For each α: GCV(α) for 'gcv', the held-out SSE for 'validation'. Lower is better."""
     if rule == "gcv":
         if validation is not None:
@@ -242,11 +167,11 @@ def _criterion(s: _System, e: _Eig, rule: str, validation: Any, alphas: np.ndarr
                 describe(validation),
                 "use alpha='validation'",
             )
-        return _gcv(s, e, alphas)
-    return _held_out_sse(s, e, _check_validation(s, validation), alphas)
+        return gcv_scores(s, e, alphas)
+    return held_out_sse(s, e, _check_validation(s, validation), alphas)
 
 
-def _check_validation(s: _System, validation: Any) -> Moments:
+def _check_validation(s: System, validation: Any) -> Moments:
     """`validation` if it is non-empty Moments of the same shapes as the fitting ones."""
     val = _check_moments("validation", validation)
     if (val.d_in, val.d_out) != (s.A.shape[0], s.B.shape[1]):
@@ -283,8 +208,9 @@ def _warn_at_grid_edge(best: int, rel: np.ndarray, rule: str) -> None:
         )
 
 
-def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """M = (A + αI)⁻¹B: by Cholesky for a fixed α, from the eigendecomposition when there is one."""
+def _solve(s: System, alpha: float, e: Eig | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """M = (A + αI)⁻¹B in the system's units: by Cholesky for a fixed α, from the
+    eigendecomposition when there is one."""
     d, k = s.B.shape
     if e is None:
         eye = torch.eye(d, dtype=torch.float64)
@@ -297,9 +223,9 @@ def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict
             cond = 1.0 / rcond if rcond > 0 else float("inf")
             info = {"condition": cond, "rank": min(d, k), "solver": "cholesky"}
             return torch.cholesky_solve(s.B, L), info
-        e = _eig(s)
+        e = eigen(s)
         warnings.warn(
-            f"XᵀX + αI is singular at alpha={alpha:g} (n={s.n}, d={d}); returning the minimum-norm "
+            f"XᵀX + αI is singular at alpha={alpha * s.sx**2:g} (n={s.n}, d={d}); returning the minimum-norm "
             "solution from its eigendecomposition. Use alpha='gcv' or a larger alpha for a "
             "ridge fit.",
             SingularSystemWarning,
@@ -316,11 +242,11 @@ def _solve(s: _System, alpha: float, e: _Eig | None) -> tuple[torch.Tensor, dict
 
 def _fit(
     moments: Any, alpha: Any, intercept: Any, validation: Any, grid: Any
-) -> tuple[_System, torch.Tensor, float, dict[str, Any]]:
+) -> tuple[System, torch.Tensor, float, dict[str, Any]]:
     m = _check_moments("moments", moments)
     if not isinstance(intercept, bool):
         raise fail("intercept", "True or False", repr(intercept), "pass a bool")
-    s = _system(m, intercept)
+    s = unit_scaled(normal_system(m, intercept))
     _warn_effective_samples(m)
     choice = _resolve_alpha(s, alpha, validation, grid)
     alpha_value, info = choice.alpha, choice.info
@@ -328,7 +254,7 @@ def _fit(
     info.update(solve_info)
     info.update(
         {
-            "alpha": alpha_value,
+            "alpha": alpha_value * s.sx**2,
             "alpha_relative": alpha_value / s.scale,
             "n": s.n,
             "n_eff": m.n_eff,  # (Σ‖x‖²)²/Σ‖x‖⁴ of the fitting rows; None when unknown
@@ -340,9 +266,10 @@ def _fit(
     return s, M, alpha_value, info
 
 
-def _map(s: _System, M: torch.Tensor, method: str, info: dict[str, Any]) -> LinearMap:
-    bias = s.cy - s.cx @ M  # zero without intercept
-    return LinearMap(M, bias, method, info)
+def _map(s: System, M: torch.Tensor, method: str, info: dict[str, Any]) -> LinearMap:
+    """The map in the data's units, from M in the system's (X/sx, Y/sy)."""
+    bias = (s.cy - s.cx @ M) * s.sy  # zero without intercept
+    return LinearMap(M * (s.sy / s.sx), bias, method, info)
 
 
 def ridge(
@@ -390,7 +317,7 @@ def reduced_rank(
             repr(rank),
             "pass a smaller rank (full rank is plain ridge)",
         )
-    s, M, alpha_value, info = _fit(m, alpha, intercept, validation, grid)
+    s, M, alpha_value, info = _fit(m, alpha, intercept, validation, grid)  # in the system's units
     gram = M.T @ (s.A @ M + alpha_value * M)
     gram = (gram + gram.T) / 2
     values, U = torch.linalg.eigh(gram)  # ascending

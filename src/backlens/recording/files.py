@@ -121,7 +121,7 @@ def load_record(path: str | os.PathLike[str]) -> Trace:
             records.append(record)
         ran = [n for n in meta["order"] if any(r.name == n and r.calls for r in records)]
         trace = Trace(records, order=ran)
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration) as err:
         raise fail(
             "path",
             f"a complete {KIND} file",

@@ -152,6 +152,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         self._active: list[_Pending] = []
         self._queued_task: int | None = None
         self._order = 0
+        self._dropped: Exception | None = None  # on_record's error where a graph was freed
         self._enabled = True
         try:
             for name, module in modules.items():
@@ -162,8 +163,14 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
             raise
         return self.record
 
-    def __exit__(self, *exc: object) -> None:
-        self._close()
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        try:
+            self._close()
+        except Exception as callback_error:
+            if not isinstance(error, BaseException):
+                raise
+            # the body's own exception is the one to see; on_record's failure is noted on it
+            error.add_note(f"on_record raised on exit too: {type(callback_error).__name__}: {callback_error}")
 
     def _close(self) -> None:
         self._enabled = False
@@ -172,15 +179,32 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for ref in list(self._waiting):
-            pending = ref()
-            if pending is not None and not pending.done:
-                self._finish(pending, backward=False)
-        self._waiting.clear()
-        self._active.clear()
-        self._store.clear()
-        for stack in self._stacks.values():
-            stack.clear()
+        try:
+            waiting = [ref() for ref in list(self._waiting)]
+            self._finish_all([p for p in waiting if p is not None], backward=False)
+            dropped, self._dropped = self._dropped, None
+            if dropped is not None:
+                raise dropped
+        finally:
+            self._waiting.clear()
+            self._active.clear()
+            self._store.clear()
+            for stack in self._stacks.values():
+                stack.clear()
+
+    def _finish_all(self, pendings: list[_Pending], backward: bool) -> None:
+        """Finish every call, even when on_record raises for one: the others keep what they saw
+        (their gradients among it); the first error is raised once all are done."""
+        first: Exception | None = None
+        for pending in pendings:
+            if pending.done:
+                continue
+            try:
+                self._finish(pending, backward=backward)
+            except Exception as error:
+                first = first or error
+        if first is not None:
+            raise first
 
     # forward: copy inputs before the module runs (it may change them in place), outputs after
 
@@ -276,9 +300,7 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
     def _flush(self) -> None:
         active, self._active = self._active, []
         self._queued_task = None
-        for pending in sorted(active, key=lambda p: p.order):
-            if not pending.done:
-                self._finish(pending, backward=True)
+        self._finish_all(sorted(active, key=lambda p: p.order), backward=True)
 
     def _finish(self, pending: _Pending, backward: bool) -> None:
         call = pending.call
@@ -307,7 +329,10 @@ class trace:  # noqa: N801 - used as a context manager, named like a function
         """The graph of a call (and so its hooks) was freed before any backward reached it."""
         call = self._waiting.pop(ref, None)
         if call is not None and self._enabled:
-            self._emit(call)
+            try:
+                self._emit(call)
+            except Exception as error:  # Python would print and drop it here: raised on exit instead
+                self._dropped = self._dropped or error
 
     def _emit(self, call: Call) -> None:
         if self.on_record is not None:

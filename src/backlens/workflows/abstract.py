@@ -15,20 +15,21 @@ from rich.progress import Progress
 from torch import nn
 
 from ..blocks.block import Block
-from ..blocks.collect import collect
+from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import Fits, compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, PROBES, fit_method, parse_methods
 from ..blocks.ranks import is_main_rank, shard_batches
-from ..errors import fail
+from ..byhand.losses import LOSS_NAMES
+from ..errors import check_choice, check_positive_int, check_positive_real, check_seed, check_seed_range, fail
 from ..linear import methods as names
 from ..linear.ridge import EffectiveSamplesWarning
 from ..linear.scores import score
 from .datasets import Dataset, load_dataset
 from .loaders import tensor_loader
-from .mlp import build_mlp, parse_widths
+from .mlp import ACTIVATIONS, build_mlp, parse_widths
 from .model_io import load_model, save_model
 from .processes import Checkpoints, rank_console, same_model
-from .run_dir import check_run_dir, run_versions
+from .run_dir import check_run_dir, run_versions, staged_run_dir
 from .train import Split, default_loss, loader, metric_name, split_dataset, task_metric, train_model
 
 __all__ = ["AbstractOptions", "run_abstract", "sample_size_curve"]
@@ -123,7 +124,7 @@ def sample_size_curve(
 
 def _task_loss(options: AbstractOptions, data: Dataset) -> str:
     """The loss: the task's own (class indices need ce, real-valued targets mse)."""
-    loss = options.loss or default_loss(data)
+    loss = default_loss(data) if options.loss is None else options.loss
     if loss != default_loss(data):
         raise fail(
             "loss",
@@ -298,28 +299,62 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def validate(options: AbstractOptions) -> None:
+    """Every option's type and range, the model file or widths, the blocks on that model and the
+    output directory: checked before any data is loaded or anything is trained."""
+    check_positive_int("repeat", options.repeat)
+    check_positive_int("epochs", options.epochs)
+    check_positive_int("batch_size", options.batch_size)
+    check_seed("seed", options.seed)
+    check_seed_range("repeat", options.seed, options.repeat)
+    check_positive_real("lr", options.lr, "pass a learning rate such as 1e-3")
+    size = options.test_size
+    if isinstance(size, bool) or not isinstance(size, float | int) or not 0 < size < 1:
+        raise fail("test_size", "a fraction between 0 and 1", repr(options.test_size), "use e.g. 0.3")
+    check_choice("direction", options.direction, list(DIRECTIONS))
+    if options.loss is not None:  # None: the task's own; "" is not a loss
+        check_choice("loss", options.loss, list(LOSS_NAMES))
+    parse_methods(options.methods)
+    if options.model is not None:
+        defaults = AbstractOptions()
+        beside = [f for f in ("layers", "activation") if getattr(options, f) != getattr(defaults, f)]
+        if beside:
+            raise fail(
+                "model",
+                "no layers or activation beside a model file (it holds its own)",
+                ", ".join(f"{f}={getattr(options, f)!r}" for f in beside),
+                "drop those options, or drop model",
+            )
+        model = load_model(options.model)[0]
+    else:
+        check_choice("activation", options.activation, list(ACTIVATIONS))
+        model = build_mlp(parse_widths(options.layers), options.activation)
+    Block.parse(model, options.blocks)  # on the untrained model: the same module names
+    check_run_dir(options.out, options.overwrite)
+
+
 def run_abstract(options: AbstractOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the whole experiment; write results.json, maps, model and plots into options.out."""
     from .abstract_report import print_run, print_summary, write_outputs
 
     console = rank_console(console or Console())
-    if options.repeat < 1:
-        raise fail("repeat", "a positive number of seeds", options.repeat, "use repeat=1 or more")
+    validate(options)
     checkpoints = Checkpoints(options.out, options.checkpoint_every, options.resume)
-    # a resumed run may find the interrupted run's partial outputs in --out
-    out = check_run_dir(options.out, options.overwrite or options.resume) if is_main_rank() else None
-    runs = []
-    for k in range(options.repeat):
-        runs.append(_one_run(options, options.seed + k, console, out, k == 0, checkpoints))
-        print_run(console, runs[-1], options)
-    results = {
-        "options": asdict(options),
-        "versions": run_versions(),
-        "runs": runs,
-        "summary": _aggregate(runs),
-    }
-    print_summary(console, results)
-    if out is not None:
-        write_outputs(console, results, out)
+    # rank 0 alone writes the run (staged, renamed into place when complete); the checkpoint
+    # lives beside it, at <out>.checkpoint, so it survives an interrupted run
+    with staged_run_dir(options.out if is_main_rank() else None, options.overwrite) as out:
+        runs = []
+        for k in range(options.repeat):
+            runs.append(_one_run(options, options.seed + k, console, out, k == 0, checkpoints))
+            print_run(console, runs[-1], options)
+        results = {
+            "options": asdict(options),
+            "versions": run_versions(),
+            "runs": runs,
+            "summary": _aggregate(runs),
+        }
+        print_summary(console, results)
+        if out is not None:
+            write_outputs(console, results, out)
     checkpoints.finish()
     return results

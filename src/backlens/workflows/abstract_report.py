@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..files import write_json
 from .plots import panels, save_figure, style_axes
+from .run_dir import final_path
 
 __all__ = ["print_run", "print_summary", "write_outputs", "verdict", "fits_its_data_only", "OVERFIT_RATIO"]
 
@@ -224,4 +225,4 @@ def write_outputs(console: Console, results: dict[str, Any], out: Path) -> None:
     if any(b.get("spectra") for b in blocks):
         paths.append(_plot_spectra(results, out / "spectra.png"))
     for path in paths:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {final_path(path)}")

@@ -14,16 +14,17 @@ from rich.table import Table
 from torch import nn
 
 from ..blocks.block import Block
-from ..blocks.collect import collect
+from ..blocks.collect import DIRECTIONS, collect
 from ..blocks.compare import compare, fit_all
 from ..blocks.methods import DEFAULT_METHODS, parse_methods
 from ..blocks.ranks import is_main_rank, shard_batches
-from ..errors import BacklensError, check_choice, fail
+from ..byhand.losses import LOSS_NAMES
+from ..errors import BacklensError, check_choice, check_positive_int, check_seed, fail
 from ..files import write_json
 from ..linear.linearity import linearity_score
 from .datasets import load_dataset
 from .processes import Checkpoints, rank_console, same_model
-from .run_dir import check_run_dir, run_versions
+from .run_dir import final_path, run_versions, staged_run_dir
 from .train import default_loss, loader, metric_name, split_dataset, task_metric
 from .user_model import load_user_model
 from .zoo import ARCHITECTURES, accuracy, loaders, train_arch, zoo_data
@@ -59,6 +60,10 @@ def zoo_block(model: nn.Module, path: str) -> Block:
     start, colon, end = path.partition(":")
     if colon:
         return Block(model, start, end)
+    names = [name for name, _ in model.named_modules()]
+    if start not in names:
+        shown = ", ".join(n for n in names[1:9] if n)
+        raise fail("blocks", f"module paths of the model (e.g. {shown})", repr(start), "pick one of those")
     module = model.get_submodule(start) if start else model
     return Block(model, start, output=0 if isinstance(module, nn.RNNBase) else None)
 
@@ -150,31 +155,45 @@ def run_arch(options: ArchOptions, console: Console | None = None) -> dict[str, 
     from .linearity_report import plot_linearity, print_linearity
 
     console = rank_console(console or Console())
+    _validate(options)
     checkpoints = Checkpoints(options.out, options.checkpoint_every, options.resume)
-    # a resumed run may find the interrupted run's partial outputs in --out
-    out = check_run_dir(options.out, options.overwrite or options.resume) if is_main_rank() else None
-    run = _user_run(options) if options.model is not None else _arch_run(options, console)
-    model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
-    same_model(model)
-    run["blocks"] = [
-        _block_entry(options, model, b, train, test, run["loss"], checkpoints)
-        for b in _blocks(options, model)
-    ]
-    results = {"options": asdict(options), "versions": run_versions(), "runs": [run]}
-    if not is_main_rank():
-        checkpoints.finish()
-        return results
-    if not options.linearity_only:
-        print_run(console, run, options)
-    print_linearity(console, run)
-    if out is not None:
-        if options.linearity_only:
-            console.print(f"wrote {write_json(out / 'results.json', results)}")
-        else:
-            write_outputs(console, results, out)
-        console.print(f"wrote {plot_linearity(run, out / 'linearity.png')}")
+    # rank 0 alone writes the run (staged, renamed into place when complete); the checkpoint
+    # lives beside it, at <out>.checkpoint, so it survives an interrupted run
+    with staged_run_dir(options.out if is_main_rank() else None, options.overwrite) as out:
+        run = _user_run(options) if options.model is not None else _arch_run(options, console)
+        model, train, test = run.pop("model"), run.pop("train_loader"), run.pop("test_loader")
+        same_model(model)
+        run["blocks"] = [
+            _block_entry(options, model, b, train, test, run["loss"], checkpoints)
+            for b in _blocks(options, model)
+        ]
+        results = {"options": asdict(options), "versions": run_versions(), "runs": [run]}
+        if is_main_rank():
+            if not options.linearity_only:
+                print_run(console, run, options)
+            print_linearity(console, run)
+        if out is not None:
+            if options.linearity_only:
+                console.print(f"wrote {final_path(write_json(out / 'results.json', results))}")
+            else:
+                write_outputs(console, results, out)
+            console.print(f"wrote {final_path(plot_linearity(run, out / 'linearity.png'))}")
     checkpoints.finish()
     return results
+
+
+def _validate(options: ArchOptions) -> None:
+    """The options' types and ranges, before any model is built or trained."""
+    check_seed("seed", options.seed)
+    if options.epochs is not None:
+        check_positive_int("epochs", options.epochs)
+    check_choice("direction", options.direction, list(DIRECTIONS))
+    if options.loss is not None:
+        check_choice("loss", options.loss, list(LOSS_NAMES))
+    parse_methods(options.methods)
+    if options.model is None:
+        check_choice("arch", options.arch, list(ARCHITECTURES))
+        _blocks(options, ARCHITECTURES[options.arch].build(seed=options.seed))  # untrained: same paths
 
 
 def _arch_run(options: ArchOptions, console: Console) -> dict[str, Any]:
@@ -211,7 +230,7 @@ def _user_run(options: ArchOptions) -> dict[str, Any]:
             str(error).splitlines()[0],
             "pass --data that fits the model",
         ) from None
-    loss = options.loss or default_loss(data)
+    loss = default_loss(data) if options.loss is None else options.loss
     split = split_dataset(data, seed=options.seed)
     metric = {
         "train": task_metric(model, split.train, loss),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import fail
+from ..errors import check_seed, fail
 from .seed_data import seed_regression
 
 __all__ = ["Dataset", "load_dataset", "load_csv", "DATASET_NAMES"]
@@ -67,6 +67,9 @@ def load_dataset(
     `seed` draws the 'seed' set (the others are fixed); `target` names a CSV file's label column
     and must be None for a bundled set.
     """
+    check_seed("seed", seed)
+    if not isinstance(name, str):
+        raise fail("name", "a dataset name or the path of a .csv file", repr(name), "pass e.g. 'digits'")
     if name.endswith(".csv"):
         return _read_csv(Path(name), target, dtype, argument="name")
     if target is not None:
@@ -130,8 +133,18 @@ def _csv_rows(path: Path, argument: str) -> tuple[list[str], list[list[str]]]:
     """The header (names stripped) and the data rows of an existing CSV file with both."""
     if not path.is_file():
         raise fail(argument, "an existing CSV file", str(path), "check the path")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    try:  # utf-8-sig: a byte-order mark (as Excel writes) is not part of the first name
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as error:
+        raise fail(
+            argument,
+            "a UTF-8 CSV file",
+            f"{path}: byte {error.object[error.start]:#04x} at offset {error.start} is not UTF-8",
+            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.csv > out.csv)",
+        ) from None
+    except (csv.Error, OSError) as error:
+        raise fail(argument, "a readable CSV file", f"{path}: {error}", "fix or re-export the file") from None
     if len(rows) < 2:
         raise fail(
             argument,
@@ -139,7 +152,16 @@ def _csv_rows(path: Path, argument: str) -> tuple[list[str], list[list[str]]]:
             f"{len(rows)} rows",
             "add data",
         )
-    return [h.strip() for h in rows[0]], rows[1:]
+    header = [h.strip() for h in rows[0]]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise fail(
+            argument,
+            "distinct column names",
+            f"{', '.join(map(repr, repeated))} more than once",
+            "rename them",
+        )
+    return header, rows[1:]
 
 
 def _target_column(header: list[str], target: str | None, path: Path) -> int:
@@ -181,7 +203,7 @@ def _csv_number(cell: str, column: str, row: int, argument: str) -> float:
             "fill or drop that row",
         )
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise fail(
             argument,
@@ -189,6 +211,11 @@ def _csv_number(cell: str, column: str, row: int, argument: str) -> float:
             f"{text!r} in column {column!r}, row {row}",
             "encode it as a number or drop the column",
         ) from None
+    if not np.isfinite(value):
+        raise fail(
+            argument, "finite values", f"{text!r} in column {column!r}, row {row}", "fix or drop that row"
+        )
+    return value
 
 
 def _csv_dataset(name: str, x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Dataset:

@@ -15,11 +15,13 @@ from rich.table import Table
 from torch import nn
 
 from ..byhand.check import check
+from ..errors import check_seed
 from ..files import write_json
 from ..recording.tracing import trace
 from . import notebook
 from .mlp import build_mlp
 from .plots import plot_sample_size_sweep
+from .run_dir import final_path, staged_run_dir
 from .seed_data import seed_loader, seed_regression
 
 __all__ = ["run_demo"]
@@ -182,14 +184,22 @@ def run_sweep(console: Console, seed: int, out: Path | None) -> list[dict]:
         console.print(table)
     if out is not None:
         path = plot_sample_size_sweep(sweeps, out / "residual_vs_samples.png")
-        console.print(f"plot: {path}")
+        console.print(f"plot: {final_path(path)}")
     return sweeps
 
 
-def run_demo(seed: int = 0, out: str | Path | None = None, console: Console | None = None) -> dict:
-    """Print sections a–f; with `out`, write results.json and the PNG plot there. Returns all numbers."""
+def run_demo(
+    seed: int = 0, out: str | Path | None = None, console: Console | None = None, overwrite: bool = False
+) -> dict:
+    """Print sections a–f; with `out`, write results.json and the PNG plot there (a new directory,
+    or overwrite=True to replace an earlier run whole). Returns all numbers."""
+    check_seed("seed", seed)
     console = console or Console()
-    out_dir = Path(out) if out is not None else None
+    with staged_run_dir(out, overwrite) as out_dir:
+        return _demo(seed, out_dir, console)
+
+
+def _demo(seed: int, out_dir: Path | None, console: Console) -> dict:
     torch.manual_seed(seed)
     x, y = seed_regression(128, seed=seed)
     batch = next(iter(seed_loader(x, y, batch_size=4, seed=seed)))
@@ -210,5 +220,5 @@ def run_demo(seed: int = 0, out: str | Path | None = None, console: Console | No
     }
     if out_dir is not None:
         path = write_json(out_dir / "results.json", results)
-        console.print(f"results: {path}")
+        console.print(f"results: {final_path(path)}")
     return results

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import describe, fail
+from ..errors import check_seed, describe, fail, memory_for
 
 __all__ = ["build_mlp", "parse_widths", "ACTIVATIONS"]
 
@@ -45,7 +45,9 @@ def build_mlp(
         )
     if activation not in ACTIVATIONS:
         raise fail("activation", "one of " + ", ".join(ACTIVATIONS), repr(activation), "pick a listed name")
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+    if seed is not None:
+        check_seed("seed", seed)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None), memory_for("widths", "weights"):
         if seed is not None:
             torch.manual_seed(seed)
         layers: list[nn.Module] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import check_positive_int, fail
+from ..errors import check_positive_int, check_seed, fail, memory_for
 from .loaders import tensor_loader
 
 __all__ = ["seed_regression", "seed_loader", "seed_target"]
@@ -22,15 +22,14 @@ def seed_regression(
     """The notebook's data: x = randint(-10, 10, (n, 3)) as floats, y of shape (n,)."""
     check_positive_int("n", n)
     generator = torch.Generator().manual_seed(_check_seed(seed))
-    x = torch.randint(-10, 10, (n, 3), generator=generator).to(dtype)
+    with memory_for("n", "data"):
+        x = torch.randint(-10, 10, (n, 3), generator=generator).to(dtype)
     return x, seed_target(x)
 
 
 def _check_seed(seed: object) -> int:
-    """`seed` if it is an int, else raise."""
-    if not isinstance(seed, int):
-        raise fail("seed", "an int", repr(seed), "pass an integer seed")
-    return seed
+    """`seed` if it is an int seed in range, else raise."""
+    return check_seed("seed", seed)
 
 
 def seed_loader(

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..byhand.losses import get_loss, torch_loss
-from ..errors import check_positive_int, fail
+from ..errors import check_positive_int, check_seed, fail
 from .datasets import Dataset
 from .loaders import tensor_loader
 
@@ -27,7 +27,8 @@ class Split:
 
 def split_dataset(data: Dataset, test_size: float = 0.3, seed: int = 0) -> Split:
     """A seeded random split; `test_size` is the fraction held out."""
-    if not 0 < test_size < 1:
+    check_seed("seed", seed)
+    if isinstance(test_size, bool) or not isinstance(test_size, float | int) or not 0 < test_size < 1:
         raise fail("test_size", "a fraction between 0 and 1", repr(test_size), "use e.g. 0.3")
     n = len(data.x)
     n_test = max(1, round(n * test_size))

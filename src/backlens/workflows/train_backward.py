@@ -26,11 +26,11 @@ from torch import nn
 from ..blocks.linear_backward import BACKWARD_METHODS, linear_backward
 from ..blocks.shadow import Shadow
 from ..byhand.losses import get_loss, torch_loss
-from ..errors import BacklensError, check_choice, check_positive_int, fail
+from ..errors import BacklensError, check_choice, check_positive_int, check_seed, check_seed_range, fail
 from .datasets import Dataset
 from .mlp import ACTIVATIONS, build_mlp, parse_widths
 from .mnist import load_mnist, load_named
-from .run_dir import check_run_dir, run_versions
+from .run_dir import check_run_dir, run_versions, staged_run_dir
 from .train import Split, default_loss, loader, split_dataset
 from .zoo import ARCHITECTURES
 from .zoo_data import torch_threads
@@ -134,8 +134,8 @@ def prepare(options: TrainOptions) -> Prepared:
     check_positive_int("batch_size", options.batch_size)
     if options.threads is not None:
         check_positive_int("threads", options.threads)
-    if isinstance(options.seed, bool) or not isinstance(options.seed, int):
-        raise fail("seed", "an int", repr(options.seed), "pass e.g. seed=0")
+    check_seed("seed", options.seed)
+    check_seed_range("seeds", options.seed, options.seeds)
     _check_lr(options.lr)
     check_choice("activation", options.activation, list(ACTIVATIONS))
     check_run_dir(options.out, options.overwrite)
@@ -322,49 +322,50 @@ def run_train(options: TrainOptions, console: Console | None = None) -> dict[str
     console = console or Console()
     prepared = prepare(options)
     methods = prepared.methods
-    out = check_run_dir(options.out, options.overwrite)
-    seeds = [options.seed + k for k in range(options.seeds)]
-    runs = []
-    total = len(seeds) * len(methods) * options.epochs
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("training", total=total)
+    with staged_run_dir(options.out, options.overwrite) as out:
+        seeds = [options.seed + k for k in range(options.seeds)]
+        runs = []
+        total = len(seeds) * len(methods) * options.epochs
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("training", total=total)
 
-        def advance(method: str, seed: int, epoch: dict[str, Any]) -> None:
-            progress.update(
-                task,
-                advance=1,
-                description=f"{method} seed {seed} epoch {epoch['epoch']}: loss {epoch['train_loss']:.4f}",
-            )
+            def advance(method: str, seed: int, epoch: dict[str, Any]) -> None:
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"{method} seed {seed} epoch {epoch['epoch']}: "
+                    f"loss {epoch['train_loss']:.4f}",
+                )
 
-        for seed in seeds:
-            split = train_data(options, prepared.dataset, seed)
-            for method in methods:
-                runs.append(train_one(prepared.build(seed), method, split, options, seed, advance))
-                unfitted = [b for b, fits in (runs[-1]["ridge_fits"] or {}).items() if fits == 0]
-                if unfitted:
-                    console.print(
-                        f"[yellow]{method} seed {seed}: blocks {', '.join(unfitted)} were never refitted "
-                        f"in {runs[-1]['steps']} steps: they passed the exact gradient[/yellow]"
-                    )
-                if runs[-1]["stopped"] is not None:
-                    s, kept = runs[-1]["stopped"], len(runs[-1]["epochs"])
-                    console.print(
-                        f"[yellow]{method} seed {seed}: loss {s['loss']} at step {s['step']} "
-                        f"(epoch {s['epoch'] + 1}); stopped, keeping {kept} finished epochs[/yellow]"
-                    )
-    metric = get_loss(default_loss(prepared.dataset)).metric_name
-    results = {
-        "options": asdict(options),
-        "optimizer": f"Adam(lr={options.lr})",
-        "batch_size": options.batch_size,
-        "test_size": TEST_SIZE,
-        "metric": metric,
-        "methods": methods,
-        "versions": run_versions(),
-        "runs": runs,
-        "summary": summarize(runs, methods, metric),
-    }
-    print_summary(console, results)
-    if out is not None:
-        write_outputs(console, results, out)
+            for seed in seeds:
+                split = train_data(options, prepared.dataset, seed)
+                for method in methods:
+                    runs.append(train_one(prepared.build(seed), method, split, options, seed, advance))
+                    unfitted = [b for b, fits in (runs[-1]["ridge_fits"] or {}).items() if fits == 0]
+                    if unfitted:
+                        console.print(
+                            f"[yellow]{method} seed {seed}: blocks {', '.join(unfitted)} were never refitted "
+                            f"in {runs[-1]['steps']} steps: they passed the exact gradient[/yellow]"
+                        )
+                    if runs[-1]["stopped"] is not None:
+                        s, kept = runs[-1]["stopped"], len(runs[-1]["epochs"])
+                        console.print(
+                            f"[yellow]{method} seed {seed}: loss {s['loss']} at step {s['step']} "
+                            f"(epoch {s['epoch'] + 1}); stopped, keeping {kept} finished epochs[/yellow]"
+                        )
+        metric = get_loss(default_loss(prepared.dataset)).metric_name
+        results = {
+            "options": asdict(options),
+            "optimizer": f"Adam(lr={options.lr})",
+            "batch_size": options.batch_size,
+            "test_size": TEST_SIZE,
+            "metric": metric,
+            "methods": methods,
+            "versions": run_versions(),
+            "runs": runs,
+            "summary": summarize(runs, methods, metric),
+        }
+        print_summary(console, results)
+        if out is not None:
+            write_outputs(console, results, out)
     return results

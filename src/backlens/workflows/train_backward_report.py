@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..files import write_json
 from .plots import panels, save_figure, style_axes
+from .run_dir import final_path
 
 __all__ = [
     "summarize",
@@ -179,5 +180,5 @@ def write_outputs(console: Console, results: dict[str, Any], out: Path) -> dict[
     alignment = plot_alignment(results, out / "alignment.png")
     if alignment is not None:
         written["alignment"] = alignment
-    console.print("wrote " + ", ".join(str(p) for p in written.values()))
+    console.print("wrote " + ", ".join(str(final_path(p)) for p in written.values()))
     return written
