@@ -12,7 +12,8 @@ runner = CliRunner()
 
 def test_train_with_report_writes_it_at_the_end(tmp_path):
     out = tmp_path / "train"
-    (out / "report.html").parent.mkdir()
+    out.mkdir()  # an earlier run: its results.json and report.html, replaced whole
+    (out / "results.json").write_text("{}")
     (out / "report.html").write_text("an earlier run's")
     args = ["train", "--layers", "64,16,10", "--backward", "bp", "--epochs", "1", "--batch-size", "256"]
     result = runner.invoke(app, [*args, "--out", str(out), "--report", "--overwrite"])
