@@ -58,16 +58,17 @@ def _abs_normal(weight: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return (draw.abs() * std).to(weight.device)
 
 
-def _sign(weight: torch.Tensor) -> torch.Tensor:
-    return torch.sign(weight.detach())
+def _sign(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.sign(weight.detach(), out=out)
 
 
-# name -> (draw the fixed part once, or None; B from (W, generator, fixed part))
+# name -> (draw the fixed part once, or None; B from (W, generator, fixed part), written into
+# `out`, a buffer of W's shape kept from step to step, where B changes with W)
 LAYER_RULES: dict[str, tuple[Callable[..., torch.Tensor] | None, Callable[..., torch.Tensor]]] = {
-    "fa": (_uniform, lambda w, g, fixed: fixed),
-    "usf": (None, lambda w, g, fixed: _sign(w).mul_(init_bound(w) / math.sqrt(3))),
-    "brsf": (None, lambda w, g, fixed: _abs_normal(w, g).mul_(_sign(w))),
-    "frsf": (_abs_normal, lambda w, g, fixed: fixed * _sign(w)),
+    "fa": (_uniform, lambda w, g, fixed, out: fixed),
+    "usf": (None, lambda w, g, fixed, out: _sign(w, out).mul_(init_bound(w) / math.sqrt(3))),
+    "brsf": (None, lambda w, g, fixed, out: _sign(w, out).mul_(_abs_normal(w, g))),
+    "frsf": (_abs_normal, lambda w, g, fixed, out: _sign(w, out).mul_(fixed)),
 }
 
 
@@ -78,11 +79,17 @@ def fixed_part(method: str, weight: torch.Tensor, generator: torch.Generator) ->
 
 
 def feedback_matrix(
-    method: str, weight: torch.Tensor, generator: torch.Generator, fixed: torch.Tensor | None
+    method: str,
+    weight: torch.Tensor,
+    generator: torch.Generator,
+    fixed: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """B for this batch, from the current W (usf, brsf, frsf) and the fixed part (fa, frsf)."""
+    """B for this batch, from the current W (usf, brsf, frsf) and the fixed part (fa, frsf);
+    written into `out` when given (shaped like W), else into a new tensor."""
     _, make = LAYER_RULES[method]
-    return make(weight, generator, fixed).detach()
+    w = weight.detach()
+    return make(w, generator, fixed, torch.empty_like(w) if out is None else out)
 
 
 def unsupported(layer: nn.Module) -> str | None:

@@ -94,6 +94,8 @@ def swap_backward(
     function = _LocalAndMapped if local else _LinearBackward
 
     def swap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if local and not x.requires_grad:  # nothing below wants a gradient: the block's own
+            return y  # backward is all there is, as the Function would give it (and no cost)
         return function.apply(y, x, lambda grad: map_gradient(grad, x))
 
     return swap

@@ -109,8 +109,13 @@ def _layers(model: nn.Module, method: str) -> dict[str, nn.Module]:
 
 
 def _layer_swap(lb: LinearBackward, name: str, layer: nn.Module):  # type: ignore[no-untyped-def]
+    """A layer method's swap: B drawn or rebuilt each forward (into a buffer kept across steps:
+    a fresh 1 MB tensor per step costs page faults), δ·B sent below in the backward."""
+    in_use: list[torch.Tensor] = []  # B of the forward in progress
+    kept: list[torch.Tensor] = []  # the buffer B is built in, where it changes with W
+
     def gradient_below(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return send_below(layer, lb.feedback[name], grad, x)
+        return send_below(layer, in_use[0], grad, x)
 
     inner = swap_backward(gradient_below, local=True)
 
@@ -119,7 +124,14 @@ def _layer_swap(lb: LinearBackward, name: str, layer: nn.Module):  # type: ignor
         assert isinstance(weight, torch.Tensor)
         if name not in lb.fixed:
             lb.fixed[name] = fixed_part(lb.method, weight, lb.generator)
-        lb.feedback[name] = feedback_matrix(lb.method, weight, lb.generator, lb.fixed[name])
+        if not kept or kept[0].shape != weight.shape or kept[0].dtype != weight.dtype:
+            kept[:] = [torch.empty_like(weight.detach())]
+        B = feedback_matrix(lb.method, weight, lb.generator, lb.fixed[name], kept[0])
+        in_use[:] = [B]
+        if B is kept[0]:  # rewritten next step: a reader gets its own copy
+            lb.feedback.defer(name, B.clone)
+        else:
+            lb.feedback[name] = B
         return inner(x, y)
 
     return swap
