@@ -351,3 +351,22 @@ def test_ridge_records_the_pairs_of_every_kth_step_and_refits_on_them(
             optimizer.step()
     state = lb.ridge["2:4"]
     assert state.fits == 2 and state.info["n"] == rows_per_fit  # batch() has 7 rows
+
+
+@pytest.mark.parametrize("method", ["usf", "brsf", "frsf"])
+def test_a_feedback_matrix_read_is_the_readers_own_not_rewritten_by_later_steps(method: str) -> None:
+    # B is rebuilt in a buffer each step; what a reader took must stay that step's B (brsf's R is
+    # redrawn every batch, so an aliased read would change value).
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with linear_backward(model, method=method, seed=0) as lb:
+        taken, values = [], []
+        for step in range(3):
+            x, y = batch(step)
+            optimizer.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            taken.append(lb.feedback["2"])
+            values.append(taken[-1].clone())
+            optimizer.step()
+    assert all(torch.equal(t, v) for t, v in zip(taken, values, strict=True))
+    assert len({t.data_ptr() for t in taken}) == len(taken)
