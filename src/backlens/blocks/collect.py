@@ -203,15 +203,12 @@ def collect(
     check_positive_int("max_pairs", max_pairs)
     check_seed("seed", seed)
     placed = world() if distributed is not False else None
-    named = {"loss": loss, "step": step}
     settings = {
-        **{
-            k: v if v is None or isinstance(v, str) else getattr(v, "__qualname__", "")
-            for k, v in named.items()
-        },
-        **{"direction": direction, "max_inputs": max_inputs, "max_pairs": max_pairs, "seed": seed},
-        **{"positions": positions, "probes": probes, "weighting": weighting},
-    }
+        **{k: v if v is None or isinstance(v, str) else getattr(v, "__qualname__", "") for k, v in
+           {"loss": loss, "step": step}.items()},
+        "direction": direction, "max_inputs": max_inputs, "max_pairs": max_pairs, "seed": seed,
+        "positions": positions, "probes": probes, "weighting": weighting,
+    }  # fmt: skip
     keeper = _keeper(model, block, checkpoint, every, settings, placed)
     streams = Streams(
         Reservoir(max_inputs, seed),
@@ -220,23 +217,17 @@ def collect(
     )
     draws = torch.Generator().manual_seed(seed + PROBE_SEED_OFFSET)
     done = keeper.resume(streams, draws) if keeper is not None else 0
-    total = len(loader) if isinstance(loader, Sized) else None
     # A bar only on a terminal (in logs and pipes it would leave blank lines), and on one rank.
     quiet = not show_progress or not Console().is_terminal or (placed is not None and placed[0] != 0)
+    run = step or _loss_step(loss)
     with Progress(transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"collecting {block.label}", total=total)
+        task = progress.add_task(
+            f"collecting {block.label}", total=len(loader) if isinstance(loader, Sized) else None
+        )
         for index, batch in enumerate(loader):
-            if keeper is not None:
-                keeper.see(batch)
-            if index < done:  # covered by the checkpoint: re-read, not recomputed
-                _skipped(model, block, batch, step or _loss_step(loss), streams, keeper, index, done)
-            else:
-                crossing, grads, probed = crossing_of(
-                    model, block, batch, step or _loss_step(loss), "backward" in wanted, probes, draws
-                )
-                _stream_batch(streams, block, crossing, grads, probed, "forward" in wanted, weighting)
-                if keeper is not None and keeper.due():
-                    keeper.save(streams, draws)
+            _one_batch(
+                model, block, batch, run, streams, keeper, (index, done), (wanted, probes, weighting), draws
+            )
             progress.advance(task)
     if keeper is not None and keeper.batches < done:
         keeper.check_data()  # the loader ended inside the checkpointed part: refused
@@ -245,6 +236,31 @@ def collect(
     if placed is not None:
         merge_ranks(streams, block.label, settings)
     return _collection(block, streams, probes)
+
+
+def _one_batch(
+    model: nn.Module,
+    block: Block,
+    batch: Any,
+    run: Step,
+    streams: Streams,
+    keeper: Checkpointer | None,
+    at: tuple[int, int],
+    options: tuple[list[str], int, str | None],
+    draws: torch.Generator,
+) -> None:
+    """Stream one batch's pairs (at = (its index, batches the checkpoint covers): a covered
+    batch is re-read, not recomputed), and checkpoint when due."""
+    (index, done), (wanted, probes, weighting) = at, options
+    if keeper is not None:
+        keeper.see(batch)
+    if index < done:
+        _skipped(model, block, batch, run, streams, keeper, index, done)
+        return
+    crossing, grads, probed = crossing_of(model, block, batch, run, "backward" in wanted, probes, draws)
+    _stream_batch(streams, block, crossing, grads, probed, "forward" in wanted, weighting)
+    if keeper is not None and keeper.due():
+        keeper.save(streams, draws)
 
 
 def _keeper(
