@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -234,6 +234,44 @@ def _final(model: nn.Module, data: Dataset, loss: str) -> float | None:
     return metric if math.isfinite(value) and math.isfinite(metric) else None
 
 
+@dataclass
+class _Steps:
+    """What a run counts as it goes: steps, the shadow-mode angles per layer, where it stopped."""
+
+    layers: list[str]
+    every: int  # shadow mode measures every `every` steps
+    shadow: bool
+    step: int = 0
+    angles: dict[str, list[float | None]] = field(default_factory=dict)
+    shadow_steps: list[int] = field(default_factory=list)
+    stopped: dict[str, Any] | None = None
+
+    def measured(self, watch: Shadow) -> None:
+        self.shadow_steps.append(self.step)
+        for name in self.layers:
+            self.angles.setdefault(name, []).append(_finite(watch.angles.get(name, [math.nan])[-1]))
+
+
+def _epoch(model: nn.Module, optimizer: Any, loss_fn: Any, batches: Any, run: _Steps, epoch: int) -> float:
+    """One epoch's steps; the summed training loss (run.stopped set at a non-finite loss)."""
+    total = 0.0
+    for xb, yb in batches:
+        optimizer.zero_grad(set_to_none=True)
+        measure = run.shadow and run.step % run.every == 0
+        with Shadow.watching(model, run.layers) if measure else nullcontext() as watch:
+            value = loss_fn(model(xb), yb)
+            if not torch.isfinite(value):
+                run.stopped = {"step": run.step, "epoch": epoch, "loss": str(value.item())}
+                break
+            value.backward()
+        if watch is not None:
+            run.measured(watch)
+        optimizer.step()
+        total += value.item() * len(xb)
+        run.step += 1
+    return total
+
+
 def train_one(
     model: nn.Module,
     method: str,
@@ -247,39 +285,22 @@ def train_one(
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     train = data.split.train
     steps_per_epoch = math.ceil(len(train.x) / options.batch_size)
-    every = max(1, steps_per_epoch // SHADOW_POINTS)
     layers = _own_parameter_layers(model)
-    kinds = {n: type(model.get_submodule(n)).__name__ for n in layers}
+    run = _Steps(
+        layers, max(1, steps_per_epoch // SHADOW_POINTS), options.shadow, angles={n: [] for n in layers}
+    )
     epochs: list[dict[str, Any]] = []
-    angles: dict[str, list[float | None]] = {n: [] for n in layers}
-    shadow_steps: list[int] = []
-    stopped: dict[str, Any] | None = None
-    step, train_time = 0, 0.0
+    train_time = 0.0
     kept = _snapshot(model)  # the last finished epoch's weights: what a stopped run keeps
     model.train()
     with torch_threads(options.threads), linear_backward(model, method, seed=seed) as lb:
         for epoch in range(options.epochs):
-            total, start = 0.0, time.perf_counter()
-            for xb, yb in loader(train, options.batch_size, shuffle=True, seed=1000 * seed + epoch):
-                optimizer.zero_grad(set_to_none=True)
-                measure = options.shadow and step % every == 0
-                with Shadow.watching(model, layers) if measure else nullcontext() as watch:
-                    value = loss_fn(model(xb), yb)
-                    if not torch.isfinite(value):
-                        stopped = {"step": step, "epoch": epoch, "loss": str(value.item())}
-                        break
-                    value.backward()
-                if watch is not None:
-                    shadow_steps.append(step)
-                    for name in layers:
-                        got = watch.angles.get(name, [math.nan])[-1]
-                        angles[name].append(_finite(got))
-                optimizer.step()
-                total += value.item() * len(xb)
-                step += 1
+            start = time.perf_counter()
+            batches = loader(train, options.batch_size, shuffle=True, seed=1000 * seed + epoch)
+            total = _epoch(model, optimizer, loss_fn, batches, run, epoch)
             seconds = time.perf_counter() - start
             train_time += seconds
-            if stopped is not None:
+            if run.stopped is not None:
                 break
             kept = _snapshot(model)
             test_loss, test_metric = evaluate(model, data.split.test, data.loss)
@@ -294,12 +315,14 @@ def train_one(
             )
             if advance is not None:
                 advance(method, seed, epochs[-1])
-    if stopped is not None:
+    if run.stopped is not None:
         model.load_state_dict(kept)
     model.eval()
     model.zero_grad(set_to_none=True)
     with torch_threads(options.threads):
         final_train, final_test = (_final(model, part, data.loss) for part in (train, data.split.test))
+    kinds = {n: type(model.get_submodule(n)).__name__ for n in layers}
+    step, stopped, angles, shadow_steps = run.step, run.stopped, run.angles, run.shadow_steps
     return {
         "method": method,
         "seed": seed,
