@@ -124,7 +124,11 @@ def _layer_swap(lb: LinearBackward, name: str, layer: nn.Module):  # type: ignor
         assert isinstance(weight, torch.Tensor)
         if name not in lb.fixed:
             lb.fixed[name] = fixed_part(lb.method, weight, lb.generator)
-        if not kept or kept[0].shape != weight.shape or kept[0].dtype != weight.dtype:
+        if not kept or (kept[0].shape, kept[0].dtype, kept[0].device) != (
+            weight.shape,
+            weight.dtype,
+            weight.device,
+        ):
             kept[:] = [torch.empty_like(weight.detach())]
         B = feedback_matrix(lb.method, weight, lb.generator, lb.fixed[name], kept[0])
         in_use[:] = [B]
